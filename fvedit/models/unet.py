@@ -185,9 +185,10 @@ class UNet(nn.Module):
             return ResBlock(i, o, emb, cond, drop, **kw)
 
         self.time_embed = TimeEmbed(ch0, emb)
-        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(cfg.in_channels, ch0, 3, padding=1))])
-        skip_chans = [ch0]
-        ch, resolution = ch0, cfg.image_size
+        ch = cfg.channel_mult[0] * ch0  # official width of the input conv
+        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(cfg.in_channels, ch, 3, padding=1))])
+        skip_chans = [ch]
+        resolution = cfg.image_size
         last = len(cfg.channel_mult) - 1
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
