@@ -1,0 +1,63 @@
+"""Progress bars and stage timing for long work (rich), silent under --quiet or when not a terminal."""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True, highlight=False)
+
+
+@dataclass
+class StageTimes:
+    """Wall time per named stage, in the order stages ran (a stage may run several times)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, dt: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + dt
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t0)
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+@contextmanager
+def progress_bar(description: str, total: int, *, quiet: bool = False, unit: str = "it") -> Iterator[Callable[[int], None]]:
+    """Yields `advance(n)`; shows a bar with rate in `unit`/s on an interactive stderr."""
+    if quiet or total <= 0 or not sys.stderr.isatty():
+        yield lambda n=1: None
+        return
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    t0 = time.perf_counter()
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(description, total=total, rate="")
+
+        def advance(n: int = 1) -> None:
+            bar.advance(task, n)
+            done = bar.tasks[0].completed
+            dt = max(time.perf_counter() - t0, 1e-9)
+            bar.update(task, rate=f"{done / dt:.2f} {unit}/s")
+
+        yield advance

@@ -1,0 +1,23 @@
+"""Pick the torch device from the user's `--device` value."""
+
+from __future__ import annotations
+
+import torch
+
+from fvedit.errors import InputError
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU. An explicit 'cuda' without a GPU is an input error."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise InputError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {spec!r} asked for, but no CUDA GPU is visible to torch: use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {spec!r} is not supported: use auto, cpu, cuda or cuda:N")
+    return dev
