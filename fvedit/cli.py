@@ -1,0 +1,230 @@
+"""The `fvedit` command line. Subcommands speak the user's jobs; the work lives in library modules.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad arguments or bad input (one-line `error:` message).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fvedit.errors import FveditError, InputError
+
+app = typer.Typer(
+    name="fvedit",
+    help="Fast face-video attribute editing with Diffusion Video Autoencoders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _register_subapps() -> None:
+    from fvedit.weights.cli import app as weights_app
+
+    app.add_typer(weights_app, name="weights", help="Import, list, verify and fetch model weights.")
+
+
+_register_subapps()
+
+PresetOpt = typer.Option(
+    None,
+    "--preset",
+    help="Model size for the built-in demo weights: 'tiny' (fast on a CPU) or 'dva256' (the official "
+    "architecture). Default: the size of the imported weights, else 'tiny' on a CPU and 'dva256' on a GPU.",
+)
+WeightsDirOpt = typer.Option(
+    None,
+    "--weights-dir",
+    help="Folder with imported weights (manifest.json + safetensors). Default: $FVEDIT_WEIGHTS_DIR, "
+    "else ~/.cache/fvedit/weights. Without weights there, fvedit uses untrained demo weights and says so.",
+)
+DeviceOpt = typer.Option("auto", "--device", help="Where to run: 'auto' (CUDA if present), 'cpu', 'cuda' or 'cuda:N'.")
+
+
+@app.command()
+def info(
+    weights_dir: Optional[Path] = WeightsDirOpt,
+) -> None:
+    """Show versions, devices, available presets and which weights would be used."""
+    import torch
+
+    from fvedit import __version__
+    from fvedit.config import PRESETS
+    from fvedit.weights.store import describe_weights_dir
+
+    typer.echo(f"fvedit {__version__}  torch {torch.__version__}")
+    typer.echo(f"CUDA: {'yes, ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no (CPU only)'}")
+    for name, cfg in PRESETS.items():
+        typer.echo(f"preset {name}: {cfg.unet.image_size}px UNet, {cfg.unet.model_channels} base channels")
+    typer.echo(describe_weights_dir(weights_dir))
+
+
+@app.command()
+def reconstruct(
+    image: Optional[Path] = typer.Argument(
+        None, help="A face photo (PNG/JPEG). Default: the astronaut portrait that ships with scikit-image."
+    ),
+    output: Path = typer.Option(Path("fvedit-out/reconstruct.png"), "-o", "--output", help="Where to write the PNG (input | reconstruction)."),
+    sampler: str = typer.Option("dpm", "--sampler", help="'dpm' (DPM-Solver++, fast) or 'ddim' (the official sampler)."),
+    steps: int = typer.Option(15, "--steps", min=2, max=1000, help="Model calls per direction (encode and decode each)."),
+    preset: Optional[str] = PresetOpt,
+    weights_dir: Optional[Path] = WeightsDirOpt,
+    device: str = DeviceOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the result path."),
+) -> None:
+    """Encode one aligned face to its noise map x_T and decode it back: the autoencoder round trip."""
+    from fvedit.reconstruct import run_reconstruct
+
+    run_reconstruct(
+        image=image, output=output, sampler=sampler, steps=steps, preset=preset,
+        weights_dir=weights_dir, device=device, quiet=quiet,
+    )
+
+
+
+SamplerOpt = typer.Option("dpm", "--sampler", help="'dpm' (DPM-Solver++ 3rd order, fast) or 'ddim' (the official sampler).")
+StepsOpt = typer.Option(15, "--steps", min=2, max=1000, help="UNet calls per direction (inversion and decoding each). The official code uses DDIM with 1000.")
+BatchOpt = typer.Option(8, "--batch-size", "-b", min=1, help="Frames per UNet batch. Larger is faster on a GPU until memory runs out.")
+BackendOpt = typer.Option("auto", "--backend", help="UNet runtime: auto, reference (fp32 eager, exact), torch (fp16 + fused kernels on CUDA), onnxruntime, tensorrt.")
+FaceOpt = typer.Option("largest", "--face", help="Which face to edit when several are visible: 'largest', 'first', an index counted left to right (0, 1, ...) or a point 'x,y' in pixels of the first frame with a face.")
+CacheDirOpt = typer.Option(None, "--cache-dir", help="Where encodings (the inversion of a video) are kept for reuse. Default: $FVEDIT_CACHE_DIR, else ~/.cache/fvedit/encodings.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="Print only errors and warnings: no progress bars, no summary.")
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Also log library details (pixel backend, detector) while running.")
+
+
+def _options(**kw) -> "PipelineOptions":
+    from fvedit.pipeline import PipelineOptions
+    from fvedit.sampling import SamplerSpec
+    from fvedit.face.track import parse_selection
+
+    sampler, steps = kw.pop("sampler"), kw.pop("steps")
+    face = parse_selection(kw.pop("face"))
+    return PipelineOptions(sampler=SamplerSpec(sampler, steps), face=face, **kw)
+
+
+def _logging(verbose: bool) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+
+
+@app.command()
+def edit(
+    video: Path = typer.Argument(..., help="The input video (any common container/codec)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output video. Default: <input>.edited.mp4 next to the input."),
+    attr: list[str] = typer.Option([], "--attr", "-a", help="Attribute to change, e.g. 'young', 'old=0.4', 'young=0.3,eyeglasses=0.5'. Repeatable; all are applied in one decode. See `fvedit attrs`."),
+    strength: Optional[float] = typer.Option(None, "--strength", "-s", help="Signed step for attributes given without '=value' (default: each attribute's own default) or the text edit's scale (default 1.0)."),
+    text: Optional[str] = typer.Option(None, "--text", help="CLIP text edit target, e.g. 'face with beard' (needs open-clip-torch and its ViT-B/16 weights)."),
+    neutral: str = typer.Option("face", "--neutral", help="CLIP text edit source description."),
+    clip_steps: int = typer.Option(200, "--clip-steps", min=1, help="Optimisation steps for a text edit (the paper uses 2000)."),
+    side_by_side: bool = typer.Option(False, "--side-by-side", help="Write original and edit next to each other."),
+    sampler: str = SamplerOpt,
+    steps: int = StepsOpt,
+    batch_size: int = BatchOpt,
+    backend: str = BackendOpt,
+    temporal_window: int = typer.Option(1, "--temporal-window", min=1, help="Sliding-window cross-frame attention over this many frames (odd; 1 = the official per-frame attention). Changes outputs vs the official model."),
+    face: str = FaceOpt,
+    feather: float = typer.Option(8.0, "--feather", min=0.0, help="Width in pixels (of a 256 px crop) of the soft edge of the paste-back mask; 0 = hard official mask."),
+    mask: str = typer.Option("auto", "--mask", help="Paste-back mask: 'parser' (face parser, as official), 'hull' (landmark hull) or 'auto' (parser with real weights, hull with demo weights)."),
+    crf: int = typer.Option(18, "--crf", min=0, max=51, help="H.264 quality (lower is better, 18 is visually lossless)."),
+    cache_dir: Optional[Path] = CacheDirOpt,
+    no_cache: bool = typer.Option(False, "--no-cache", help="Recompute the inversion even if a cached encoding exists (it is then refreshed)."),
+    from_cache: bool = typer.Option(False, "--from-cache", help="Require a cached encoding (from `fvedit encode` or an earlier edit); fail instead of inverting."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the text edit's optimisation (the rest is deterministic)."),
+    preset: Optional[str] = PresetOpt,
+    weights_dir: Optional[Path] = WeightsDirOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Edit the face in a video: same length, frame rate and audio, one consistent edit in every frame."""
+    from fvedit.jobs import EditRequest, run_edit
+
+    _logging(verbose)
+    out = output or video.with_name(f"{video.stem}.edited.mp4")
+    opts = _options(sampler=sampler, steps=steps, face=face, batch_size=batch_size, cache_dir=cache_dir,
+                    use_cache=not no_cache, feather_px=feather, mask=mask, crf=crf, side_by_side=side_by_side, quiet=quiet)
+    if mask not in ("auto", "parser", "hull"):
+        raise InputError(f"unknown --mask {mask!r}: use auto, parser or hull")
+    opts.require_cache = from_cache
+    run_edit(video, out, EditRequest(list(attr), strength, text, neutral, clip_steps, seed), preset=preset,
+             weights_dir=weights_dir, device=device, backend=backend, opts=opts, temporal_window=temporal_window)
+
+
+@app.command()
+def encode(
+    video: Path = typer.Argument(..., help="The input video."),
+    sampler: str = SamplerOpt,
+    steps: int = StepsOpt,
+    batch_size: int = BatchOpt,
+    backend: str = BackendOpt,
+    face: str = FaceOpt,
+    cache_dir: Optional[Path] = CacheDirOpt,
+    preset: Optional[str] = PresetOpt,
+    weights_dir: Optional[Path] = WeightsDirOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Invert a video once (align, identities, landmarks, x_T) and cache it, so later edits skip the inversion."""
+    from fvedit.jobs import EditRequest, run_edit
+
+    opts = _options(sampler=sampler, steps=steps, face=face, batch_size=batch_size, cache_dir=cache_dir, quiet=quiet)
+    run_edit(video, None, EditRequest([]), preset=preset, weights_dir=weights_dir, device=device, backend=backend, opts=opts)
+
+
+@app.command()
+def attrs() -> None:
+    """List the editable attributes (the official classifier's 40 CelebA attributes), aliases and default strengths."""
+    from fvedit.edit import attribute_table
+
+    typer.echo(f"{'name':<22}{'default':>8}  {'official':<22}aliases")
+    for row in attribute_table():
+        typer.echo(f"{row.name:<22}{row.default_strength:>+8.2f}  {row.official:<22}{', '.join(row.aliases)}")
+    typer.echo("Use --attr NAME or --attr NAME=STRENGTH; a negative strength reverses the direction (old = -young).")
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("fvedit-demo"), "--out-dir", "-o", help="Folder for input.mp4, edited.mp4 and side_by_side.mp4."),
+    attr: list[str] = typer.Option(["young"], "--attr", "-a", help="Attribute edit(s) to apply, as for `fvedit edit`."),
+    frames: int = typer.Option(24, "--frames", min=2, help="Length of the generated test video."),
+    sampler: str = SamplerOpt,
+    steps: int = typer.Option(10, "--steps", min=2, max=1000, help="UNet calls per direction."),
+    batch_size: int = BatchOpt,
+    backend: str = BackendOpt,
+    preset: Optional[str] = PresetOpt,
+    device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Make a short face video with motion and sound (scikit-image's astronaut) and edit it, offline."""
+    from fvedit.jobs import run_demo
+
+    opts = _options(sampler=sampler, steps=steps, face="largest", batch_size=batch_size, quiet=quiet)
+    run_demo(out_dir, attrs=list(attr), frames=frames, preset=preset, device=device, backend=backend, opts=opts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: turn fvedit errors into a one-line message and an exit code."""
+    import signal
+
+    def _terminate(signum, frame):  # SIGTERM: unwind like Ctrl-C so no partial output is left
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        app(args=argv, standalone_mode=True)
+    except FveditError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; no partial output was left behind", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""The user's jobs behind the CLI: `encode` a video, `edit` it, and the self-contained `demo`.
+
+Each job loads weights (or the demo model, loudly), picks the UNet backend, runs the pipeline
+and prints a summary of where the time went.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fvedit.edit import apply_attribute_edits, apply_text_direction, parse_attr_specs
+from fvedit.encode_cache import Encoding
+from fvedit.errors import InputError
+from fvedit.loading import load_for_run
+from fvedit.pipeline import EditIdentity, EditSummary, PipelineOptions, decode_and_paste, encode_video
+from fvedit.progress import StageTimes, console, progress_bar
+from fvedit.runtime.device import resolve_device
+from fvedit.weights.store import LoadedWeights
+
+
+@dataclass
+class EditRequest:
+    """What to change: attribute specs (`young=0.3,glasses`) or a CLIP text pair; none = reconstruct."""
+
+    attrs: list[str]
+    strength: float | None = None
+    text: str | None = None
+    neutral: str = "face"
+    clip_steps: int = 200
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.attrs and self.text:
+            raise InputError("give either --attr or --text, not both (run twice to combine a text and an attribute edit)")
+
+
+def _echo(quiet: bool):
+    return (lambda m: None) if quiet else (lambda m: console.print(m, highlight=False))
+
+
+def make_eps_model(weights: LoadedWeights, backend: str, device: torch.device, temporal_window: int = 1):
+    """The UNet call (x, t, z_face) -> eps for the chosen backend."""
+    try:
+        from fvedit.runtime.backends import make_backend
+    except ImportError:  # TEMP until the runtime layer lands
+        unet = weights.model.unet
+        return lambda x, t, c: unet(x, t, c)
+    return make_backend(backend, weights.model, device, temporal_window=temporal_window)
+
+
+def prepare_edit(weights: LoadedWeights, request: EditRequest, device: torch.device, quiet: bool):
+    """Check the edit and load what it needs *before* any slow work, then return
+    `edit(enc) -> EditIdentity`, which applies it once to the representative (mean) identity."""
+    request.check()
+    if request.text:
+        from fvedit.edit.clip_edit import learn_text_direction
+        from fvedit.edit.clip_models import load_open_clip
+
+        clip = load_open_clip(device)
+        strength = 1.0 if request.strength is None else request.strength
+
+        def text_edit(enc: Encoding) -> EditIdentity:
+            z_mean = torch.from_numpy(enc.z_id_mean).to(device)
+            first = torch.from_numpy(np.array(enc.crops[:1])).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+            with progress_bar("learn text edit", request.clip_steps, quiet=quiet, unit="step") as adv:
+                delta = learn_text_direction(
+                    weights.model, first, request.neutral, request.text, clip,
+                    steps=request.clip_steps, seed=request.seed, progress=lambda done, total: adv(1),
+                )
+            desc = f'text "{request.neutral}" -> "{request.text}" x{strength:g}'
+            return EditIdentity(apply_text_direction(z_mean, delta, strength), desc)
+
+        return text_edit
+    if request.attrs:
+        if weights.classifier is None:
+            raise InputError("these weights have no attribute classifier: import it with `fvedit weights import-dva --classifier last.ckpt`")
+        edits = parse_attr_specs(request.attrs, strength=request.strength)
+        classifier = weights.classifier.to(device)
+        desc = ", ".join(f"{e.name} {e.strength:+g}" for e in edits)
+
+        def attribute_edit(enc: Encoding) -> EditIdentity:
+            z_mean = torch.from_numpy(enc.z_id_mean).to(device)
+            return EditIdentity(apply_attribute_edits(z_mean, edits, classifier), desc)
+
+        return attribute_edit
+    return lambda enc: EditIdentity(torch.from_numpy(enc.z_id_mean).to(device), "none (reconstruction with the mean identity)")
+
+
+def print_summary(summary: EditSummary, weights: LoadedWeights, backend: str, opts: PipelineOptions) -> None:
+    say = console.print
+    cfg = weights.config
+    say(f"[bold]{summary.frames} frames[/bold] at {summary.info.width}x{summary.info.height}, {float(summary.info.fps):.3g} fps"
+        f"{' (variable)' if summary.info.is_vfr else ''}, audio: {'copied' if summary.info.has_audio else 'none'}")
+    say(f"model: {cfg.name} {'(UNTRAINED demo weights)' if weights.is_demo else '(imported weights)'}; backend: {backend}; "
+        f"device: {opts.device}; sampler: {opts.sampler.key} ({opts.sampler.encode_calls}+{opts.sampler.decode_calls} calls/frame)")
+    say(f"edit: {summary.edit}; encode cache: {'hit, inversion skipped' if summary.cache_hit else 'miss, saved'} ({summary.cache_folder})")
+    for name, sec in summary.times.seconds.items():
+        say(f"  {name:<22}{sec:9.2f} s  {1000 * sec / max(summary.frames, 1):9.1f} ms/frame")
+    say(f"  {'total':<22}{summary.times.total:9.2f} s  {summary.per_frame_ms:9.1f} ms/frame")
+    if summary.output is not None:
+        say(f"wrote [bold]{summary.output}[/bold]")
+
+
+def run_edit(
+    video: Path,
+    output: Path | None,
+    request: EditRequest,
+    *,
+    preset: str | None,
+    weights_dir: Path | None,
+    device: str,
+    backend: str,
+    opts: PipelineOptions,
+    temporal_window: int = 1,
+) -> EditSummary:
+    """Encode (or reuse the cached encoding), edit the identity once, decode, paste back, write."""
+    dev = resolve_device(device)
+    opts.device = dev
+    echo = _echo(opts.quiet)
+    times = StageTimes()
+    if not video.is_file():
+        raise InputError(f"video not found: {video}")
+    if output is not None and output.resolve() == video.resolve():
+        raise InputError(f"refusing to overwrite the input {video}; choose another -o path")
+    with times.stage("load weights"):
+        weights = load_for_run(weights_dir, preset, dev, echo=lambda m: console.print(m, style="yellow"))
+        apply_edit = prepare_edit(weights, request, dev, opts.quiet)
+        eps_model = make_eps_model(weights, backend, dev, temporal_window)
+    enc, info, hit = encode_video(video, weights, eps_model, opts, times, echo)
+    with times.stage("edit identity"):
+        identity = apply_edit(enc)
+    if output is not None:
+        decode_and_paste(video, output, enc, info, weights, eps_model, identity.z_id, opts, times)
+    summary = EditSummary(output, enc.num_frames, times, hit, enc.folder, info, identity.description)
+    if not opts.quiet:
+        print_summary(summary, weights, getattr(eps_model, "name", backend), opts)
+    return summary
+
+
+def run_demo(out_dir: Path, *, attrs: list[str], frames: int, preset: str | None, device: str, backend: str, opts: PipelineOptions) -> EditSummary:
+    """Build a face video from scikit-image's astronaut (motion + sound) and edit it."""
+    from fvedit.synth import make_face_video
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source = out_dir / "input.mp4"
+    console.print(f"making a {frames}-frame test video with motion and sound from scikit-image's astronaut: {source}")
+    make_face_video(source, frames=frames, size=(640, 360), fps=25, audio=True, face_scale=0.5)
+    opts.side_by_side = False
+    edited = run_edit(source, out_dir / "edited.mp4", EditRequest(attrs=attrs), preset=preset, weights_dir=None,
+                      device=device, backend=backend, opts=opts)
+    opts.side_by_side = True
+    opts.quiet = True
+    run_edit(source, out_dir / "side_by_side.mp4", EditRequest(attrs=attrs), preset=preset, weights_dir=None,
+             device=device, backend=backend, opts=opts)
+    console.print(f"demo folder {out_dir}: input.mp4, edited.mp4, side_by_side.mp4 (the second edit reused the encode cache)")
+    return edited

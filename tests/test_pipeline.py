@@ -1,0 +1,205 @@
+"""`fvedit edit` end to end on generated face videos with the tiny preset and demo weights."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from fvedit.cli import main
+from fvedit.jobs import EditRequest, run_edit
+from fvedit.pipeline import PipelineOptions
+from fvedit.sampling import SamplerSpec
+from fvedit.synth import make_face_video, make_no_face_video
+from fvedit.video import VideoWriter, iter_frames, probe
+
+FAST = dict(preset="tiny", weights_dir=None, device="cpu", backend="reference")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("FVEDIT_WEIGHTS_DIR", str(tmp_path / "no-weights"))
+    monkeypatch.setenv("FVEDIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def face_video(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pipe") / "talk.mp4"
+    return make_face_video(path, frames=6, size=(320, 240), fps=25, audio=True, face_scale=0.6)
+
+
+def opts(tmp_path: Path, **kw) -> PipelineOptions:
+    base = dict(sampler=SamplerSpec("dpm", 2), batch_size=4, cache_dir=tmp_path / "cache", quiet=True)
+    base.update(kw)
+    return PipelineOptions(**base)
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """Frames handed to the video writer (exact pixels, before H.264 compression)."""
+    frames: list[np.ndarray] = []
+    original = VideoWriter.write
+
+    def spy(self, frame, pts=None):
+        frames.append(np.array(frame.rgb))
+        return original(self, frame, pts)
+
+    monkeypatch.setattr(VideoWriter, "write", spy)
+    return frames
+
+
+def audio_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as c:
+        return [bytes(p) for p in c.demux(audio=0) if p.size]
+
+
+def test_edit_keeps_frames_timing_size_and_audio(face_video, tmp_path, recorded):
+    out = tmp_path / "out.mp4"
+    summary = run_edit(face_video, out, EditRequest(["young"]), opts=opts(tmp_path), **FAST)
+    src, dst = probe(face_video), probe(out)
+    assert (dst.frame_count, dst.width, dst.height, dst.fps) == (src.frame_count, src.width, src.height, src.fps)
+    assert [f.time for f in iter_frames(out)] == pytest.approx([f.time for f in iter_frames(face_video)], abs=1e-3)
+    assert dst.has_audio and audio_packets(out) == audio_packets(face_video)
+    assert summary.frames == 6 and not summary.cache_hit
+    assert len(recorded) == 6
+
+
+def test_pixels_outside_the_face_are_untouched_and_the_face_changes(face_video, tmp_path, recorded):
+    summary = run_edit(face_video, tmp_path / "out.mp4", EditRequest(["young"]), opts=opts(tmp_path), **FAST)
+    from fvedit.encode_cache import load_encoding
+
+    enc = load_encoding(tmp_path / "cache", summary.cache_folder.name)
+    for frame, out, quad in zip(iter_frames(face_video), recorded, enc.quads):
+        changed = np.any(frame.rgb != out, axis=-1)
+        assert changed.sum() > 100  # the (demo) edit really replaced the face
+        ys, xs = np.nonzero(changed)
+        x0, y0 = quad.min(0) - 1
+        x1, y1 = quad.max(0) + 1
+        assert xs.min() >= x0 and xs.max() <= x1 and ys.min() >= y0 and ys.max() <= y1
+        # Inside the crop the mask keeps the frame too: far fewer pixels change than the quad covers.
+        area = np.linalg.norm(quad[3] - quad[0]) * np.linalg.norm(quad[1] - quad[0])
+        assert changed.sum() < 0.8 * area
+
+
+def test_same_settings_same_output_and_second_edit_reuses_cache(face_video, tmp_path, recorded):
+    first = run_edit(face_video, tmp_path / "a.mp4", EditRequest(["young"]), opts=opts(tmp_path), **FAST)
+    frames_a = [f.copy() for f in recorded]
+    recorded.clear()
+    second = run_edit(face_video, tmp_path / "b.mp4", EditRequest(["young"]), opts=opts(tmp_path), **FAST)
+    assert not first.cache_hit and second.cache_hit
+    assert "encode (inversion)" in first.times.seconds and "encode (inversion)" not in second.times.seconds
+    assert all(np.array_equal(a, b) for a, b in zip(frames_a, recorded))
+    recorded.clear()
+    run_edit(face_video, tmp_path / "c.mp4", EditRequest(["old=0.6"]), opts=opts(tmp_path), **FAST)
+    assert any(not np.array_equal(a, c) for a, c in zip(frames_a, recorded))
+
+
+def test_one_edited_identity_for_every_frame(face_video, tmp_path, monkeypatch):
+    """Temporal consistency by construction: every decoded frame gets the same edited z_id."""
+    from fvedit.models.encoders import DVAEncoder
+
+    seen: list[torch.Tensor] = []
+    original = DVAEncoder.fuse
+
+    def spy(self, z_id, z_lnd):
+        seen.append(z_id.detach().clone())
+        return original(self, z_id, z_lnd)
+
+    monkeypatch.setattr(DVAEncoder, "fuse", spy)
+    run_edit(face_video, tmp_path / "o.mp4", EditRequest(["young=0.5"]), opts=opts(tmp_path, batch_size=2), **FAST)
+    decode_ids = seen[-3:]  # 6 frames in batches of 2: the last three fuse calls are the decode
+    assert all(torch.equal(decode_ids[0], z) for z in decode_ids)
+    encode_ids = seen[:3]
+    assert all(torch.equal(encode_ids[0], z) for z in encode_ids)
+    assert not torch.equal(encode_ids[0], decode_ids[0])  # the edit moved the identity
+
+
+def test_corrupt_cache_is_rebuilt_not_trusted(face_video, tmp_path):
+    first = run_edit(face_video, None, EditRequest([]), opts=opts(tmp_path), **FAST)
+    xt = first.cache_folder / "x_T.npy"
+    data = bytearray(xt.read_bytes())
+    data[-5] ^= 0xFF
+    xt.write_bytes(bytes(data))
+    again = run_edit(face_video, None, EditRequest([]), opts=opts(tmp_path), **FAST)
+    assert not again.cache_hit
+    third = run_edit(face_video, None, EditRequest([]), opts=opts(tmp_path), **FAST)
+    assert third.cache_hit
+
+
+def test_vfr_and_rotated_phone_video_keep_timing_and_come_out_upright(tmp_path, recorded):
+    vfr = make_face_video(tmp_path / "vfr.mp4", frames=5, size=(320, 240), fps=25, vfr=True, face_scale=0.6)
+    run_edit(vfr, tmp_path / "vfr_out.mp4", EditRequest(["smile"]), opts=opts(tmp_path), **FAST)
+    assert [f.pts for f in iter_frames(tmp_path / "vfr_out.mp4")] == [f.pts for f in iter_frames(vfr)] or [
+        f.time for f in iter_frames(tmp_path / "vfr_out.mp4")
+    ] == pytest.approx([f.time for f in iter_frames(vfr)], abs=1e-3)
+    phone = make_face_video(tmp_path / "phone.mp4", frames=4, size=(240, 320), fps=30, rotation_meta=90, face_scale=0.6)
+    run_edit(phone, tmp_path / "phone_out.mp4", EditRequest(["smile"]), opts=opts(tmp_path), **FAST)
+    info = probe(tmp_path / "phone_out.mp4")
+    assert (info.width, info.height, info.rotation) == (240, 320, 0)
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return (exc.value.code or 0), out + err
+
+
+def test_cli_edit_side_by_side_and_summary(face_video, tmp_path, capsys):
+    out = tmp_path / "sbs.mp4"
+    code, text = run_cli([
+        "edit", str(face_video), "-o", str(out), "--attr", "young=0.3,eyeglasses=0.5", "--side-by-side",
+        "--steps", "2", "--preset", "tiny", "--device", "cpu", "--backend", "reference",
+    ], capsys)
+    assert code == 0, text
+    assert "UNTRAINED demo weights" in text and "ms/frame" in text and "young" in text
+    info = probe(out)
+    assert (info.width, info.height, info.frame_count) == (640, 240, 6)
+
+
+@pytest.mark.parametrize(
+    "make,expected",
+    [
+        (lambda d: d / "missing.mp4", "not found"),
+        (lambda d: (d / "notes.mp4").write_text("hello") and d / "notes.mp4", "video"),
+        (lambda d: make_no_face_video(d / "noface.mp4", frames=3, size=(160, 120)), "no face"),
+    ],
+)
+def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys, make, expected):
+    path = make(tmp_path)
+    code, text = run_cli(["edit", str(path), "-o", str(tmp_path / "o.mp4"), "--steps", "2", "--preset", "tiny",
+                          "--device", "cpu"], capsys)
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and expected in errors[0].lower(), text
+    assert not (tmp_path / "o.mp4").exists() and not list(tmp_path.glob(".o.partial*"))
+
+
+def test_cli_argument_errors(face_video, tmp_path, capsys):
+    base = ["edit", str(face_video), "-o", str(tmp_path / "o.mp4"), "--steps", "2", "--preset", "tiny", "--device", "cpu"]
+    code, text = run_cli(base + ["--attr", "youngg"], capsys)
+    assert code == 2 and "did you mean" in text.lower()
+    code, text = run_cli(base + ["--attr", "young", "--text", "a beard"], capsys)
+    assert code == 2 and "not both" in text
+    code, text = run_cli(base + ["--from-cache"], capsys)
+    assert code == 2 and "fvedit encode" in text
+    code, text = run_cli(["edit", str(face_video), "-o", str(face_video), "--preset", "tiny"], capsys)
+    assert code == 2 and "overwrite" in text
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_encode_then_edit_from_cache(face_video, tmp_path, capsys):
+    common = ["--steps", "2", "--preset", "tiny", "--device", "cpu", "--backend", "reference"]
+    code, text = run_cli(["encode", str(face_video), *common], capsys)
+    assert code == 0, text
+    code, text = run_cli(["edit", str(face_video), "-o", str(tmp_path / "o.mp4"), "--attr", "old", "--from-cache", *common], capsys)
+    assert code == 0, text
+    assert "hit, inversion skipped" in text
+
+
+def test_attrs_lists_all_forty(capsys):
+    code, text = run_cli(["attrs"], capsys)
+    assert code == 0 and text.count("\n") >= 41 and "young" in text and "eyeglasses" in text
