@@ -1,0 +1,315 @@
+"""UNet backends against the fp32 eager reference: per call, per decoded frame, batching, SWCFA.
+
+All CPU tests use the `tiny` demo weights (seeded, zero-init layers re-randomised, so eps is
+non-trivial) at 32x32 inputs (the UNet is fully convolutional; 32 px keeps every block type,
+with attention at 8 and 4 px) to stay fast on two cores. CUDA tests skip without a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fvedit.errors import InputError
+from fvedit.models.unet import AttentionBlock, ResBlock
+from fvedit.runtime import fast_unet
+from fvedit.runtime.backends import (
+    BACKENDS,
+    UNetBackend,
+    available_backends,
+    check_inputs,
+    eps_fn,
+    make_backend,
+)
+from fvedit.sampling import SamplerSpec
+from fvedit.weights.demo import demo_weights
+
+S = 32
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return demo_weights("tiny").model
+
+
+@pytest.fixture(scope="module")
+def inputs(model):
+    gen = torch.Generator().manual_seed(7)
+    b, d = 3, model.config.unet.cond_channels
+    x = torch.randn(b, 3, S, S, generator=gen)
+    t = torch.tensor([0.5, 431.25, 998.0])  # fractional timesteps, as DPM-Solver sends them
+    cond = torch.randn(b, d, generator=gen)
+    return x, t, cond
+
+
+@pytest.fixture(scope="module")
+def reference_eps(model, inputs):
+    with torch.no_grad():
+        return model.unet(*inputs)
+
+
+def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt())
+
+
+# -- the reference backend ----------------------------------------------------------------------
+
+
+def test_reference_backend_is_exactly_the_model(model, inputs, reference_eps):
+    backend = make_backend("reference", model, "cpu")
+    assert isinstance(backend, UNetBackend)
+    assert backend.unet is model.unet
+    assert torch.equal(backend(*inputs), reference_eps)
+    # one cond row and one t value serve the whole batch, as in the official CLIP script
+    x, t, cond = inputs
+    with torch.no_grad():
+        expected = model.unet(x, t[:1].expand(3), cond[:1].expand(3, -1))
+    assert torch.equal(backend(x, t[:1], cond[:1]), expected)
+
+
+def test_auto_is_reference_on_cpu(model, inputs, reference_eps):
+    backend = make_backend("auto", model, "cpu")
+    assert backend.name == "reference" and "auto" in backend.describe()
+    assert torch.equal(backend(*inputs), reference_eps)
+
+
+def test_window_one_is_the_reference_exactly(model, inputs, reference_eps):
+    for name in ("reference", "torch"):
+        backend = make_backend(name, model, "cpu", dtype="fp32", temporal_window=1)
+        out = backend(*inputs)
+        if name == "reference":
+            assert torch.equal(out, reference_eps)
+        else:
+            torch.testing.assert_close(out, reference_eps, atol=1e-4, rtol=1e-4)
+
+
+# -- the torch backend ----------------------------------------------------------------------------
+
+
+def test_torch_fp32_matches_reference_tightly(model, inputs, reference_eps):
+    backend = make_backend("torch", model, "cpu", dtype="fp32")
+    assert backend.dtype == torch.float32 and "fused" in backend.describe()
+    out = backend(*inputs)
+    assert out.dtype == torch.float32 and out.shape == reference_eps.shape
+    # Same math in fp32; only op order differs (GN affine folded into one multiply-add, SDPA's
+    # fused softmax): ~1e-6 per op, measured 5e-6 max over the whole UNet.
+    torch.testing.assert_close(out, reference_eps, atol=1e-4, rtol=1e-4)
+
+
+def test_torch_bf16_is_close_but_really_bf16(model, inputs, reference_eps):
+    backend = make_backend("torch", model, "cpu", dtype="bf16")
+    assert backend.dtype == torch.bfloat16
+    out = backend(*inputs)
+    assert out.dtype == torch.float32
+    err = rel_rms(out, reference_eps)
+    # bf16 keeps 8 significant bits (unit roundoff 2^-9 = 0.2 %); the activations pass ~40
+    # rounded conv/GN stages, so a few per mille to ~2 % relative RMS is expected (measured ~1 %).
+    assert err < 0.03, err
+    assert (out - reference_eps).abs().max() < 0.1 * reference_eps.abs().max()
+    assert err > 1e-4, "bf16 run is as exact as fp32: the low-precision path did not run"
+
+
+def test_torch_fp16_on_cpu_runs_fp32(model, inputs, reference_eps):
+    backend = make_backend("torch", model, "cpu", dtype="fp16")
+    assert backend.dtype == torch.float32
+    torch.testing.assert_close(backend(*inputs), reference_eps, atol=1e-4, rtol=1e-4)
+
+
+def test_fast_unet_shares_weights_in_fp32(model):
+    """No weight copies beyond a dtype cast: in fp32 on the model's device every tensor is the module's."""
+    fast = fast_unet.FastUNet(model.unet, torch.device("cpu"), torch.float32)
+    for mod, (w, b) in fast._params.items():
+        assert w.data_ptr() == mod.weight.data_ptr()
+        assert b is None or b.data_ptr() == mod.bias.data_ptr()
+
+
+def test_fused_op_runs_at_every_groupnorm_site(model, inputs, monkeypatch):
+    """Every GN of the UNet goes through group_norm_silu: 3 per ResBlock (2 with AdaGN), 1 per
+    attention (no SiLU), 1 in the output head."""
+    calls = []
+    real = fast_unet.group_norm_silu
+
+    def spy(x, weight, bias, num_groups, eps=1e-5, *, scale=None, shift=None, act=True):
+        calls.append((scale is not None, shift is not None, act))
+        return real(x, weight, bias, num_groups, eps, scale=scale, shift=shift, act=act)
+
+    monkeypatch.setattr(fast_unet, "group_norm_silu", spy)
+    make_backend("torch", model, "cpu", dtype="fp32")(*inputs)
+    n_res = sum(isinstance(m, ResBlock) for m in model.unet.modules())
+    n_attn = sum(isinstance(m, AttentionBlock) for m in model.unet.modules())
+    n_gn = sum(isinstance(m, torch.nn.GroupNorm) for m in model.unet.modules())
+    assert len(calls) == n_gn == 3 * n_res + n_attn + 1
+    assert calls.count((True, True, True)) == 2 * n_res
+    assert calls.count((False, False, False)) == n_attn
+    assert calls.count((False, False, True)) == n_res + 1
+
+
+# -- batching -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["reference", "torch"])
+def test_batch_equals_single_calls(model, inputs, name):
+    backend = make_backend(name, model, "cpu", dtype="fp32")
+    x, t, cond = inputs
+    batched = backend(x, t, cond)
+    singles = torch.cat([backend(x[i : i + 1], t[i : i + 1], cond[i : i + 1]) for i in range(x.shape[0])])
+    torch.testing.assert_close(batched, singles, atol=1e-5, rtol=1e-5)
+
+
+# -- sliding-window cross-frame attention ------------------------------------------------------------
+
+
+def test_window_three_reference_and_torch_agree_and_reach_only_neighbours(model):
+    gen = torch.Generator().manual_seed(3)
+    frames, d = 6, model.config.unet.cond_channels
+    x = torch.randn(frames, 3, S, S, generator=gen)
+    t = torch.full((frames,), 500.0)
+    cond = torch.randn(1, d, generator=gen)
+    ref = make_backend("reference", model, "cpu", temporal_window=3)
+    fast = make_backend("torch", model, "cpu", dtype="fp32", temporal_window=3)
+    out = ref(x, t, cond)
+    torch.testing.assert_close(fast(x, t, cond), out, atol=1e-4, rtol=1e-4)
+    per_frame = make_backend("reference", model, "cpu")(x, t, cond)
+    assert (out - per_frame).abs().max() > 1e-3, "window 3 gave per-frame attention"
+
+    # Attention is the only op that mixes frames; each attention block reaches one frame
+    # further, so a change in frame 0 reaches frames 0..n_attn and no further.
+    n_attn = sum(isinstance(m, AttentionBlock) for m in model.unet.modules())
+    assert n_attn + 1 < frames
+    x2 = x.clone()
+    x2[0] += 0.5
+    out2 = ref(x2, t, cond)
+    changed = [(out2[i] - out[i]).abs().max().item() > 0 for i in range(frames)]
+    assert changed[0] and changed[1]
+    assert not any(changed[n_attn + 1 :]), changed
+
+
+# -- a whole decode through the sampler ---------------------------------------------------------------
+
+
+def test_decoded_frames_match_reference(model, inputs):
+    """A short DPM-Solver++ decode with the backend as eps_fn, frame by frame against the reference.
+
+    The first x0 prediction (t = 999) multiplies eps errors by sigma/alpha ~ 156, and with the
+    untrained demo weights ~88 % of the pixels end clamped at +-1. So fp32 (eps off by ~5e-6) ends
+    within ~5e-4 per pixel; bf16 (eps off by ~1 % RMS) moves pixels near the clamp threshold by up
+    to ~2, which is why bf16 is bounded by RMS and by the share of pixels off by more than 0.1
+    (measured 0.04-0.09 and 0.4-1.7 % on three seeds).
+    """
+    _, _, cond = inputs
+    x_T = torch.randn(2, 3, S, S, generator=torch.Generator().manual_seed(11))
+    cond = cond[:1]
+    spec = SamplerSpec("dpm", steps=3)
+    ref = spec.decode(eps_fn(make_backend("reference", model, "cpu"), cond), x_T)
+    fp32 = spec.decode(eps_fn(make_backend("torch", model, "cpu", dtype="fp32"), cond), x_T)
+    bf16 = spec.decode(eps_fn(make_backend("torch", model, "cpu", dtype="bf16"), cond), x_T)
+    assert ref.shape == fp32.shape == bf16.shape and ref.std() > 0.1
+    for i in range(x_T.shape[0]):
+        err32 = (fp32[i] - ref[i]).abs()
+        assert err32.max() < 2e-3 and err32.pow(2).mean().sqrt() < 1e-4, (i, err32.max().item())
+        err16 = (bf16[i] - ref[i]).abs()
+        assert err16.pow(2).mean().sqrt() < 0.15, (i, err16.pow(2).mean().sqrt().item())
+        assert (err16 > 0.1).float().mean() < 0.05, (i, (err16 > 0.1).float().mean().item())
+
+
+# -- factory, inputs and errors ------------------------------------------------------------------------
+
+
+def test_available_backends_names_every_backend():
+    avail = available_backends()
+    assert set(avail) == set(BACKENDS) - {"auto"}
+    assert avail["reference"] == "yes"
+    if not avail["tensorrt"].startswith("yes"):
+        assert "install" in avail["tensorrt"] or "GPU" in avail["tensorrt"]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(name="fastest"), "unknown backend 'fastest'.*reference, torch"),
+        (dict(name="torch", dtype="fp8"), "unknown precision 'fp8'"),
+        (dict(name="torch", temporal_window=0), "temporal-window"),
+        (dict(name="onnxruntime", temporal_window=3), "reference or torch backend"),
+        (dict(name="tensorrt", temporal_window=3), "reference or torch backend"),
+    ],
+)
+def test_make_backend_rejects_bad_arguments(model, kwargs, match):
+    name = kwargs.pop("name")
+    with pytest.raises(InputError, match=match):
+        make_backend(name, model, "cpu", **kwargs)
+
+
+def test_tensorrt_backend_says_what_to_install(model):
+    if available_backends()["tensorrt"].startswith("yes"):
+        pytest.skip("TensorRT and a GPU are present")
+    with pytest.raises(InputError, match="TensorRT|tensorrt"):
+        make_backend("tensorrt", model, "cpu")
+
+
+@pytest.mark.skipif(CUDA, reason="checks the no-GPU message")
+def test_cuda_without_gpu_is_an_input_error(model):
+    with pytest.raises(InputError, match="--device cpu"):
+        make_backend("torch", model, "cuda")
+
+
+def test_onnxruntime_without_export_says_to_export(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with pytest.raises(InputError, match="fvedit export"):
+        make_backend("onnxruntime", model, "cpu")
+
+
+@pytest.mark.parametrize(
+    "x_shape,t_len,cond_shape,match",
+    [
+        ((2, 4, 8, 8), 2, (2, 128), "x must be"),
+        ((2, 3, 8, 8), 3, (2, 128), "1 or 2 values"),
+        ((2, 3, 8, 8), 2, (2, 64), r"condition must be \[2 or 1, 128\]"),
+        ((2, 3, 8, 8), 2, (3, 128), "condition must be"),
+    ],
+)
+def test_check_inputs_rejects_bad_shapes(x_shape, t_len, cond_shape, match):
+    with pytest.raises(InputError, match=match):
+        check_inputs(torch.zeros(x_shape), torch.zeros(t_len), torch.zeros(cond_shape), 128, torch.device("cpu"))
+
+
+# -- CUDA only --------------------------------------------------------------------------------------
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_cuda_torch_backend_matches_reference(dtype):
+    model = demo_weights("tiny", device="cuda").model
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 3, 64, 64, generator=gen).cuda()
+    t = torch.rand(4, generator=gen).cuda() * 999
+    cond = torch.randn(4, 128, generator=gen).cuda()
+    ref = make_backend("reference", model, "cuda")(x, t, cond)
+    backend = make_backend("torch", model, "cuda", dtype=dtype)
+    assert backend.fast.channels_last and backend.graphs is not None
+    out = backend(x, t, cond)
+    # fp16: 11 significant bits, ~0.1-0.5 % RMS after ~40 stages; bf16: 8 bits, a few %.
+    assert rel_rms(out, ref) < (0.01 if dtype == "fp16" else 0.03)
+    # the graph replays the same kernels as the eager run
+    torch.testing.assert_close(out, backend.fast(x, t, cond), atol=2e-3, rtol=2e-3)
+    assert backend.graphs.captured == [(4, 64, 64, backend.dtype)]
+    again = backend(x, t, cond)
+    assert torch.equal(again, out), "graph replay is not deterministic"
+    # a second batch size gets its own graph; batch of N == N single calls
+    singles = torch.cat([backend(x[i : i + 1], t[i : i + 1], cond[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(singles, out, atol=5e-3, rtol=5e-3)
+    assert len(backend.graphs.captured) == 2
+
+
+@needs_cuda
+def test_cuda_graph_output_is_not_aliased():
+    model = demo_weights("tiny", device="cuda").model
+    backend = make_backend("torch", model, "cuda", dtype="fp16")
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    t = torch.full((2,), 300.0, device="cuda")
+    cond = torch.randn(1, 128, device="cuda")
+    first = backend(x, t, cond)
+    kept = first.clone()
+    backend(torch.randn_like(x), t, cond)  # a replay must not overwrite the first result
+    assert torch.equal(first, kept)

@@ -1,0 +1,516 @@
+"""Fused AdaGN (GroupNorm + scale/shift + SiLU): Triton kernels vs PyTorch twin vs official modules.
+
+The Triton kernels run on CPU under Triton's interpreter. TRITON_INTERPRET=1 only takes effect if
+it is set before triton is first imported, so they run in worker subprocesses (this file run as a
+script: `python tests/test_kernel_adagn.py OUT.pt NAME...`) that compute the cases and save inputs
+and outputs; the tests compare those against references computed here, in-process. Nothing leaks
+into other test modules. With a CUDA GPU the kernels are also checked in-process on the GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fvedit.errors import InputError
+from fvedit.models.unet import GroupNorm32, ResBlock
+from fvedit.runtime.kernels import adagn
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    B: int
+    C: int
+    G: int
+    H: int
+    W: int
+    dtype: torch.dtype = torch.float32
+    channels_last: bool = False
+    scale: str | None = "2d"  # None, "2d" [B, C], "4d" a [B, C, 1, 1] chunk of [B, 2C, 1, 1], "bcast" [1, C]
+    shift: bool = True
+    act: bool = True
+    chunks: int | None = None  # None: the launcher's choice
+    block_hw: int | None = None
+    fold_block_k: int | None = None  # small: the fold kernel loops over a group's partials
+    mean: float = 0.0  # added to x: large values test the statistics' stability
+
+
+F16 = torch.float16
+CASES = [
+    Case("c12g4-7x7-adagn", 2, 12, 4, 7, 7, chunks=2, block_hw=16),
+    Case("c12g4-7x7-adagn-cl", 3, 12, 4, 7, 7, channels_last=True, chunks=3, block_hw=8, fold_block_k=4),
+    Case("c12g4-7x7-gn-silu", 1, 12, 4, 7, 7, scale=None, shift=False),
+    Case("c12g4-7x7-gn-noact", 2, 12, 4, 7, 7, scale=None, shift=False, act=False, chunks=4, block_hw=4,
+         fold_block_k=2),
+    Case("c96g32-4x5-adagn-cl", 2, 96, 32, 4, 5, channels_last=True, chunks=2, block_hw=8),
+    Case("c64g32-5x9-adagn", 1, 64, 32, 5, 9, scale="4d"),
+    Case("c64g32-5x9-scale-noact-cl", 2, 64, 32, 5, 9, channels_last=True, shift=False, act=False),
+    Case("c24g2-3x11-bcast", 2, 24, 2, 3, 11, scale="bcast", chunks=2, block_hw=16),
+    Case("c16g1-6x1-adagn-cl", 2, 16, 1, 6, 1, channels_last=True),
+    Case("c12g4-7x7-adagn-f16", 2, 12, 4, 7, 7, dtype=F16, chunks=2, block_hw=16),
+    Case("c12g4-7x7-adagn-f16-cl", 2, 12, 4, 7, 7, dtype=F16, channels_last=True, scale="4d"),
+    Case("c64g32-5x9-adagn-f16", 1, 64, 32, 5, 9, dtype=F16, chunks=2, block_hw=32),
+    Case("c12g4-7x7-shift-noact-f16", 3, 12, 4, 7, 7, dtype=F16, scale=None, act=False),
+    Case("c12g4-7x7-large-mean", 2, 12, 4, 7, 7, chunks=2, block_hw=16, mean=3000.0),
+]
+CASE_IDS = [c.name for c in CASES]
+BY_NAME = {c.name: c for c in CASES}
+
+
+def make_inputs(case: Case, seed: int, device: str = "cpu") -> dict:
+    """Random non-zero inputs; scale/shift come in x's dtype as ResBlock hands them over."""
+    g = torch.Generator().manual_seed(seed)
+    B, C = case.B, case.C
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g)
+
+    x = (randn(B, C, case.H, case.W) * 1.5 + 0.3 + case.mean).to(case.dtype)
+    if case.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = {"x": x, "weight": 1 + 0.5 * randn(C), "bias": 0.5 * randn(C), "scale": None, "shift": None}
+    if case.scale == "2d":
+        out["scale"] = (0.5 * randn(B, C)).to(case.dtype)
+    elif case.scale == "4d":
+        out["scale"] = (0.5 * randn(B, 2 * C, 1, 1)).to(case.dtype).chunk(2, dim=1)[1]
+    elif case.scale == "bcast":
+        out["scale"] = (0.5 * randn(1, C)).to(case.dtype)
+    if case.shift:
+        out["shift"] = randn(B, C).to(case.dtype)
+    return {k: (v.to(device) if v is not None else None) for k, v in out.items()}
+
+
+def call(fn, case: Case, inp: dict, **kw) -> torch.Tensor:
+    return fn(
+        inp["x"], inp["weight"], inp["bias"], case.G, 1e-5, scale=inp["scale"], shift=inp["shift"], act=case.act, **kw
+    )
+
+
+def official(case: Case, inp: dict) -> torch.Tensor:
+    """The official module sequence: GroupNorm32 (fp32, cast back), h*(1+s)+b in x.dtype, SiLU."""
+    x = inp["x"]
+    gn = GroupNorm32(case.G, case.C).to(x.device)
+    with torch.no_grad():
+        gn.weight.copy_(inp["weight"])
+        gn.bias.copy_(inp["bias"])
+        h = gn(x)
+        if inp["scale"] is not None:
+            h = h * (1 + inp["scale"].reshape(-1, case.C, 1, 1))
+        if inp["shift"] is not None:
+            h = h + inp["shift"].reshape(-1, case.C, 1, 1)
+        return F.silu(h) if case.act else h
+
+
+def exact(case: Case, inp: dict) -> torch.Tensor:
+    """float64 truth."""
+    d = {k: (inp[k].double() if inp[k] is not None else None) for k in ("x", "weight", "bias", "scale", "shift")}
+    return official(case, d)
+
+
+def tolerances(dtype: torch.dtype) -> dict:
+    # fp32: both sides compute in fp32, differing only in rounding order. fp16/bf16: the official
+    # path rounds the GN output and the AdaGN multiply-add to x.dtype (a few ulps of values ~4).
+    return {torch.float32: dict(atol=1e-5, rtol=1e-5), F16: dict(atol=1e-2, rtol=1e-2)}.get(
+        dtype, dict(atol=6e-2, rtol=3e-2)
+    )
+
+
+# -- a ResBlock with its three GN+SiLU sites replaced by the fused op --------------------------
+
+
+def make_resblock(seed: int, in_ch: int = 64, out_ch: int = 96) -> ResBlock:
+    """Every parameter random (also the zero-initialised conv and the GN affines)."""
+    torch.manual_seed(seed)
+    block = ResBlock(in_ch, out_ch, emb_ch=16, cond_ch=8, dropout=0.0)
+    with torch.no_grad():
+        for name, p in block.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.5 if name.endswith("bias") else 1.0 / max(1, p[0].numel()) ** 0.5))
+            if name.endswith("weight") and p.dim() == 1:  # GN gamma around 1
+                p.add_(1.0)
+    return block.eval()
+
+
+def fused_resblock_forward(block: ResBlock, x, emb, cond, gn=adagn.group_norm_silu) -> torch.Tensor:
+    """ResBlock.forward (no resampling, no lateral) with GN (+AdaGN) + SiLU fused."""
+    i, o = block.in_layers, block.out_layers
+    t_scale, t_shift = block.emb_layers(emb).type(x.dtype).chunk(2, dim=1)
+    z_scale, z_shift = block.cond_emb_layers(cond).type(x.dtype).chunk(2, dim=1)
+    h = i[2](gn(x, i[0].weight, i[0].bias, i[0].num_groups, i[0].eps))
+    h = gn(h, o[0].weight, o[0].bias, o[0].num_groups, o[0].eps, scale=t_scale, shift=t_shift)  # time AdaGN
+    h = gn(o[2](h), o[3].weight, o[3].bias, o[3].num_groups, o[3].eps, scale=z_scale, shift=z_shift)  # id AdaGN
+    return block.skip_connection(x) + o[6](o[5](h))
+
+
+RESBLOCK_SEED = 7
+
+
+def resblock_inputs(device="cpu"):
+    g = torch.Generator().manual_seed(RESBLOCK_SEED + 1)
+    return (
+        torch.randn(1, 64, 6, 5, generator=g).to(device),
+        torch.randn(1, 16, generator=g).to(device),
+        torch.randn(1, 8, generator=g).to(device),
+    )
+
+
+# -- the interpreter worker ---------------------------------------------------------------------
+
+
+# dva256-like launches whose kernels are compiled for an H100 (sm_90) without a GPU: Triton's
+# frontend and the ptxas bundled with triton run on any machine, so CI type-checks the GPU path.
+SM90_LAUNCHES = [  # (B, C, G, H, W, x dtype, channels_last, with scale/shift, act)
+    (1, 128, 32, 256, 256, "fp16", False, True, True),
+    (2, 384, 32, 32, 32, "bf16", True, False, False),
+]
+H100_SMS = 132
+
+
+def _compile_sm90() -> dict:
+    """Compile the three kernels as the launcher would launch them; return each one's PTX."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    assert not adagn.triton_interpreted(), "the compile job needs TRITON_INTERPRET unset"
+    target = GPUTarget("cuda", 90, 32)
+    ptx = {}
+    for B, C, G, H, W, dt, cl, adagn_on, act in SM90_LAUNCHES:
+        HW = H * W
+        plan = adagn.plan_launch(B, C, HW, G, cl, adagn.PROGRAMS_PER_SM * H100_SMS)
+        strides = dict(stride_b=C * HW, stride_c=1 if cl else HW, stride_hw=C if cl else 1)
+        x, f32 = f"*{dt}", "*fp32"
+        if cl:
+            stats = (adagn._gn_channel_stats_kernel, dict(
+                x_ptr=x, part_ptr=f32, C=C, HW=HW, n_chunks=plan.n_chunks, chunk_hw=plan.chunk_hw, **strides,
+                BLOCK_C=plan.stats_block_a, BLOCK_HW=plan.stats_block_hw))
+        else:
+            stats = (adagn._gn_group_stats_kernel, dict(
+                x_ptr=x, part_ptr=f32, HW=HW, G=G, CG=C // G, n_chunks=plan.n_chunks, chunk_hw=plan.chunk_hw,
+                **strides, BLOCK_CG=plan.stats_block_a, BLOCK_HW=plan.stats_block_hw))
+        launches = {
+            "stats": (stats[0], plan.stats_warps, stats[1]),
+            "fold": (adagn._gn_fold_kernel, 4, dict(
+                part_ptr=f32, weight_ptr=f32, bias_ptr=f32, scale_ptr=x, shift_ptr=x, a_ptr=f32, b_ptr=f32,
+                C=C, G=G, CG=C // G, n_chunks=plan.n_chunks, n_seg=plan.n_seg, SEGS=plan.segs_per_group, eps=1e-5,
+                stride_scale_b=2 * C, stride_scale_c=1, stride_shift_b=2 * C, stride_shift_c=1,
+                HAS_SCALE=adagn_on, HAS_SHIFT=adagn_on, BLOCK_G=plan.fold_block_g, BLOCK_K=plan.fold_block_k,
+                BLOCK_CG=plan.fold_block_cg)),
+            "apply": (adagn._gn_apply_kernel, plan.apply_warps, dict(
+                x_ptr=x, y_ptr=x, a_ptr=f32, b_ptr=f32, C=C, HW=HW, **strides,
+                ACT=act, BLOCK_C=plan.apply_block_c, BLOCK_HW=plan.apply_block_hw)),
+        }  # fmt: skip
+        for kname, (fn, warps, args) in launches.items():
+            # the specialisation triton applies at launch: ints equal to 1 become constants, pointers
+            # (fresh allocations) and ints divisible by 16 get the 16-divisibility attribute
+            sig, consts, attrs = {}, {}, {}
+            for i, name in enumerate(fn.arg_names):
+                v = args[name]
+                if i in fn.constexprs or (type(v) is int and v == 1):
+                    sig[name], consts[name] = "constexpr", v
+                elif isinstance(v, str):
+                    sig[name], attrs[(i,)] = v, [["tt.divisibility", 16]]
+                elif isinstance(v, float):
+                    sig[name] = "fp32"
+                else:
+                    sig[name] = "i32"
+                    if v % 16 == 0:
+                        attrs[(i,)] = [["tt.divisibility", 16]]
+            src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+            kernel = triton.compile(src, target=target, options={"num_warps": warps, "enable_fp_fusion": True})
+            assert kernel.asm.get("cubin"), f"{kname}: no cubin"
+            ptx[f"{kname}-{dt}-{'nhwc' if cl else 'nchw'}"] = kernel.asm["ptx"]
+    return ptx
+
+
+def _worker(out_path: str, names: list[str]) -> None:
+    results = {}
+    if names == ["compile-sm90"]:
+        torch.save({"compile-sm90": _compile_sm90()}, out_path)
+        return
+    assert adagn.triton_interpreted(), "worker needs TRITON_INTERPRET=1 before triton is imported"
+    for name in names:
+        if name == "resblock":
+            block = make_resblock(RESBLOCK_SEED)
+            x, emb, cond = resblock_inputs()
+            with torch.no_grad():
+                y = fused_resblock_forward(block, x, emb, cond, gn=adagn.group_norm_silu_triton)
+            results[name] = {"y": y, "backend": adagn.backend_for(x)}
+            continue
+        case = BY_NAME[name]
+        inp = make_inputs(case, seed=CASE_IDS.index(name))
+        plan = None
+        if case.chunks or case.block_hw or case.fold_block_k:
+            shape = (case.B, case.C, case.H * case.W, case.G, case.channels_last, 1)
+            plan = adagn.plan_launch(*shape, chunks=case.chunks, block_hw=case.block_hw)
+            if case.fold_block_k:
+                plan = dataclasses.replace(plan, fold_block_k=case.fold_block_k)
+        y = call(adagn.group_norm_silu_triton, case, inp, plan=plan)
+        results[name] = {**inp, "y": y, "backend": adagn.backend_for(inp["x"])}
+    torch.save(results, out_path)
+
+
+@pytest.fixture(scope="module")
+def interpreted(tmp_path_factory) -> dict:
+    """Every case under the Triton interpreter (two worker processes), and the sm_90 compile job."""
+    names = CASE_IDS + ["resblock"]
+    tmp = tmp_path_factory.mktemp("adagn")
+    base = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    base.update(OMP_NUM_THREADS="1", TRITON_DEFAULT_FP_FUSION="1", TRITON_CACHE_DIR=str(tmp / "triton-cache"))
+    base.pop("TRITON_INTERPRET", None)
+    interp = {**base, "TRITON_INTERPRET": "1"}
+    jobs = [(interp, names[0::2]), (interp, names[1::2]), (base, ["compile-sm90"])]
+    procs = []
+    for k, (env, shard) in enumerate(jobs):
+        out = tmp / f"shard{k}.pt"
+        cmd = [sys.executable, str(Path(__file__).resolve()), str(out), *shard]
+        procs.append((out, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+    results = {}
+    for out, proc in procs:
+        log, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"worker {proc.args[3:]} failed:\n{log[-4000:]}"
+        results.update(torch.load(out))
+    return results
+
+
+# -- interpreter vs twin / official / exact ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CASE_IDS)
+def test_interpreted_kernel_matches_twin(interpreted, name):
+    case, r = BY_NAME[name], interpreted[name]
+    assert r["backend"] == "triton"
+    y, x = r["y"], r["x"]
+    assert y.dtype == x.dtype and y.shape == x.shape and y.stride() == x.stride()
+    ref = call(adagn.group_norm_silu_reference, case, r)
+    # same math, both round once from fp32: fp32 agrees to ~1e-6, fp16 to an ulp or two
+    tol = dict(atol=1e-5, rtol=1e-5) if case.dtype == torch.float32 else dict(atol=1e-3, rtol=2e-3)
+    if case.mean:  # x*A + B cancels for |mean| >> std: error ~ eps32 * |mean|
+        tol = dict(atol=2e-3, rtol=0)
+    torch.testing.assert_close(y, ref, **tol)
+
+
+@pytest.mark.parametrize("name", CASE_IDS)
+def test_interpreted_kernel_matches_official_modules(interpreted, name):
+    case, r = BY_NAME[name], interpreted[name]
+    tol = tolerances(case.dtype) if not case.mean else dict(atol=2e-3, rtol=0)
+    torch.testing.assert_close(r["y"], official(case, r), **tol)
+
+
+@pytest.mark.parametrize("name", [c.name for c in CASES if c.dtype == F16])
+def test_fp16_fused_is_closer_to_exact_than_official(interpreted, name):
+    """One rounding (fused) beats GroupNorm32's cast-back + fp16 multiply-add (the docstring claim)."""
+    case, r = BY_NAME[name], interpreted[name]
+    truth = exact(case, r)
+    fused_err = (r["y"].double() - truth).abs().mean()
+    official_err = (official(case, r).double() - truth).abs().mean()
+    assert fused_err < official_err, (fused_err, official_err)
+    assert (r["y"].double() - truth).abs().max() <= 2 ** -10 * truth.abs().max() + 1e-4  # <= ~1 ulp
+
+
+def test_large_mean_statistics_are_stable(interpreted):
+    """mean 3000, std 1.5: Welford/Chan stats hold; fp32 E[x^2] - E[x]^2 would not."""
+    case = BY_NAME["c12g4-7x7-large-mean"]
+    r = interpreted[case.name]
+    truth = exact(case, r)
+    torch.testing.assert_close(r["y"].double(), truth, atol=2e-3, rtol=0)
+    # the same fold with naive fp32 moments misses by far more than that tolerance
+    xg = r["x"].reshape(case.B, case.G, -1)
+    mean = xg.mean(-1, keepdim=True)
+    var = ((xg * xg).mean(-1, keepdim=True) - mean * mean).clamp_min(0)
+    naive = ((xg - mean) / torch.sqrt(var + 1e-5)).reshape_as(r["x"])
+    exact_norm = F.group_norm(r["x"].double(), case.G)
+    assert (naive.double() - exact_norm).abs().max() > 2e-2
+
+
+def test_resblock_with_fused_adagn_matches_forward(interpreted):
+    r = interpreted["resblock"]
+    assert r["backend"] == "triton"
+    block = make_resblock(RESBLOCK_SEED)
+    x, emb, cond = resblock_inputs()
+    with torch.no_grad():
+        expected = block(x, emb, cond)
+        twin = fused_resblock_forward(block, x, emb, cond, gn=adagn.group_norm_silu_reference)
+    assert expected.abs().mean() > 0.1  # the residual branch is not zero: the test can fail
+    torch.testing.assert_close(r["y"], expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(twin, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_kernels_compile_for_h100(interpreted):
+    """The compiled (non-interpreted) path type-checks and vectorises: 16-byte global accesses
+    along the contiguous axis in both layouts, and no local-memory (spill) traffic."""
+    ptx = interpreted["compile-sm90"]
+    assert len(ptx) == 3 * len(SM90_LAUNCHES)
+    for name, text in ptx.items():
+        assert ".target sm_90" in text, name
+        assert "ld.local" not in text and "st.local" not in text, f"{name} spills registers"
+        if not name.startswith("fold"):
+            assert "ld.global.v4" in text or "ld.global.nc.v4" in text, f"{name}: loads are not 16-byte vectors"
+        if name.startswith("apply"):
+            assert "st.global.v4" in text, f"{name}: stores are not 16-byte vectors"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    B=st.integers(1, 16),
+    C_per_group=st.sampled_from([1, 2, 3, 4, 8, 12, 16, 24, 32]),
+    G=st.sampled_from([1, 4, 32]),
+    H=st.integers(1, 300),
+    W=st.integers(1, 300),
+    channels_last=st.booleans(),
+    target=st.sampled_from([1, 4 * 132, 4 * 78]),
+)
+def test_launch_plan_covers_every_element_once(B, C_per_group, G, H, W, channels_last, target):
+    C, HW = C_per_group * G, H * W
+    plan = adagn.plan_launch(B, C, HW, G, channels_last, target)
+    pow2 = lambda n: n > 0 and n & (n - 1) == 0  # noqa: E731
+    blocks = [plan.stats_block_a, plan.stats_block_hw, plan.fold_block_g, plan.fold_block_k, plan.fold_block_cg]
+    assert all(map(pow2, blocks + [plan.apply_block_c, plan.apply_block_hw]))
+    # chunks tile H*W exactly: none empty, none missing, each a whole number of tiles
+    assert plan.chunk_hw % plan.stats_block_hw == 0
+    assert (plan.n_chunks - 1) * plan.chunk_hw < HW <= plan.n_chunks * plan.chunk_hw
+    if channels_last:
+        assert plan.stats_grid == (_cdiv(C, plan.stats_block_a), plan.n_chunks, B)
+        assert (plan.n_seg, plan.segs_per_group) == (C, C_per_group)
+    else:
+        assert plan.stats_grid == (B * G, plan.n_chunks) and plan.stats_block_a >= C_per_group
+        assert (plan.n_seg, plan.segs_per_group) == (G, 1)
+    assert plan.stats_block_a * plan.stats_block_hw <= 4096 or plan.stats_block_hw == 16
+    assert plan.fold_block_cg >= C_per_group and plan.fold_grid == (_cdiv(G, plan.fold_block_g), B)
+    assert plan.apply_grid[0] * plan.apply_block_hw >= HW and plan.apply_grid[1] * plan.apply_block_c >= C
+    programs = math.prod(plan.stats_grid)
+    if target > 1 and programs < target // 2:  # too few programs only when H*W has run out of tiles
+        assert plan.n_chunks == _cdiv(HW, plan.stats_block_hw)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_launch_plan_fills_an_h100_at_batch_1(channels_last):
+    """The occupancy pitfall of one-program-per-group designs: 32 programs for 132 SMs."""
+    plan = adagn.plan_launch(1, 128, 256 * 256, 32, channels_last, adagn.PROGRAMS_PER_SM * H100_SMS)
+    assert math.prod(plan.stats_grid) >= 2 * H100_SMS
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+# -- twin, dispatch and argument checks (in-process, fast) ------------------------------------
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, F16, torch.bfloat16])
+def test_twin_matches_official_modules(channels_last, dtype):
+    case = Case("twin", 3, 96, 32, 9, 13, dtype=dtype, channels_last=channels_last, scale="4d")
+    inp = make_inputs(case, seed=123)
+    y = call(adagn.group_norm_silu_reference, case, inp)
+    assert y.dtype == dtype and y.stride() == inp["x"].stride()
+    torch.testing.assert_close(y, official(case, inp), **tolerances(dtype))
+
+
+def test_dispatch_on_cpu(monkeypatch):
+    case = CASES[0]
+    inp = make_inputs(case, seed=0)
+    expected = "triton" if adagn.triton_interpreted() else "torch"
+    assert adagn.backend_for(inp["x"]) == expected
+    assert adagn.backend_for(inp["x"].double()) == "torch"
+    monkeypatch.setenv("FVEDIT_ADAGN", "torch")
+    assert adagn.backend_for(inp["x"]) == "torch"
+    assert torch.equal(call(adagn.group_norm_silu, case, inp), call(adagn.group_norm_silu_reference, case, inp))
+    assert adagn.triton_available() == (adagn.triton is not None)
+
+
+def test_triton_launcher_on_cpu_needs_the_interpreter():
+    inp = make_inputs(CASES[0], seed=0)
+    if adagn.triton_interpreted():  # this whole session runs under TRITON_INTERPRET=1
+        torch.testing.assert_close(
+            call(adagn.group_norm_silu_triton, CASES[0], inp), call(adagn.group_norm_silu_reference, CASES[0], inp)
+        )
+    else:
+        with pytest.raises(adagn.FveditError, match="interpreter|not installed"):
+            call(adagn.group_norm_silu_triton, CASES[0], inp)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(x=torch.randn(2, 12, 5)), "4-D"),
+        (dict(x=torch.ones(2, 12, 3, 3, dtype=torch.int32)), "float tensor"),
+        (dict(num_groups=5), "dividing C=12"),
+        (dict(num_groups=0), "positive integer"),
+        (dict(weight=torch.ones(11)), "weight must have shape"),
+        (dict(bias=torch.ones(12, 1)), "bias must have shape"),
+        (dict(scale=torch.ones(3, 12)), r"scale must have shape \(2, 12\)"),
+        (dict(shift=torch.ones(2, 12, 2, 2)), "shift must have shape"),
+    ],
+)
+def test_bad_arguments_raise_input_error(kwargs, message):
+    args = dict(x=torch.randn(2, 12, 3, 3), weight=torch.ones(12), bias=torch.zeros(12), num_groups=4)
+    args.update(kwargs)
+    x, w, b, g = args.pop("x"), args.pop("weight"), args.pop("bias"), args.pop("num_groups")
+    for fn in (adagn.group_norm_silu, adagn.group_norm_silu_reference):
+        with pytest.raises(InputError, match=message):
+            fn(x, w, b, g, **args)
+
+
+# -- CUDA (the only skip: no GPU) ----------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+GPU_CASES = [
+    Case("dva-128x64x64", 2, 128, 32, 64, 64),
+    Case("dva-512x16x16-cl", 2, 512, 32, 16, 16, channels_last=True, scale="4d"),
+    Case("dva-384x32x32-cg12", 1, 384, 32, 32, 32, shift=False),
+    Case("dva-768x8x8-cl-noact", 3, 768, 32, 8, 8, channels_last=True, scale=None, shift=False, act=False),
+    Case("dva-128x256x256", 1, 128, 32, 256, 256),
+    Case("dva-128x256x256-cl", 1, 128, 32, 256, 256, channels_last=True),
+]
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, F16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: c.name)
+def test_cuda_kernel_matches_twin_and_official(case, dtype):
+    case = Case(**{**case.__dict__, "dtype": dtype})
+    inp = make_inputs(case, seed=5, device="cuda")
+    y = call(adagn.group_norm_silu_triton, case, inp)
+    assert adagn.backend_for(inp["x"]) == "triton"
+    assert y.dtype == dtype and y.stride() == inp["x"].stride()
+    ref = call(adagn.group_norm_silu_reference, case, inp)
+    one_rounding = {torch.float32: 2e-5, F16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    torch.testing.assert_close(y, ref, atol=one_rounding, rtol=one_rounding)
+    torch.testing.assert_close(y, official(case, inp), **tolerances(dtype))
+    assert torch.equal(y, call(adagn.group_norm_silu_triton, case, inp))  # two-stage reduction: deterministic
+
+
+@cuda
+def test_cuda_large_mean_and_resblock():
+    case = BY_NAME["c12g4-7x7-large-mean"]
+    case = Case(**{**case.__dict__, "H": 64, "W": 64, "chunks": None, "block_hw": None})
+    inp = make_inputs(case, seed=3, device="cuda")
+    y = call(adagn.group_norm_silu_triton, case, inp)
+    torch.testing.assert_close(y.double(), exact(case, inp), atol=2e-3, rtol=0)
+    block = make_resblock(RESBLOCK_SEED).cuda()
+    x, emb, cond = resblock_inputs("cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fused_resblock_forward(block, x, emb, cond, gn=adagn.group_norm_silu_triton),
+            block(x, emb, cond),
+            atol=1e-4,
+            rtol=1e-4,
+        )
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], sys.argv[2:])
