@@ -24,9 +24,11 @@ app = typer.Typer(
 
 
 def _register_subapps() -> None:
+    from fvedit.runtime.export_cli import export_command
     from fvedit.weights.cli import app as weights_app
 
     app.add_typer(weights_app, name="weights", help="Import, list, verify and fetch model weights.")
+    app.command("export")(export_command)
 
 
 _register_subapps()
@@ -62,6 +64,12 @@ def info(
     for name, cfg in PRESETS.items():
         typer.echo(f"preset {name}: {cfg.unet.image_size}px UNet, {cfg.unet.model_channels} base channels")
     typer.echo(describe_weights_dir(weights_dir))
+    from fvedit import pixels
+    from fvedit.runtime.backends import available_backends
+
+    typer.echo(f"pixel kernels: {pixels.backend()}")
+    for name, status in available_backends().items():
+        typer.echo(f"backend {name}: {status}")
 
 
 @app.command()
@@ -91,6 +99,7 @@ SamplerOpt = typer.Option("dpm", "--sampler", help="'dpm' (DPM-Solver++ 3rd orde
 StepsOpt = typer.Option(15, "--steps", min=2, max=1000, help="UNet calls per direction (inversion and decoding each). The official code uses DDIM with 1000.")
 BatchOpt = typer.Option(8, "--batch-size", "-b", min=1, help="Frames per UNet batch. Larger is faster on a GPU until memory runs out.")
 BackendOpt = typer.Option("auto", "--backend", help="UNet runtime: auto, reference (fp32 eager, exact), torch (fp16 + fused kernels on CUDA), onnxruntime, tensorrt.")
+PrecisionOpt = typer.Option("fp16", "--precision", help="Arithmetic of the torch/onnxruntime/tensorrt backends on a GPU: fp16, bf16 or fp32 (the reference backend is always fp32; on a CPU the torch backend uses fp32).")
 FaceOpt = typer.Option("largest", "--face", help="Which face to edit when several are visible: 'largest', 'first', an index counted left to right (0, 1, ...) or a point 'x,y' in pixels of the first frame with a face.")
 CacheDirOpt = typer.Option(None, "--cache-dir", help="Where encodings (the inversion of a video) are kept for reuse. Default: $FVEDIT_CACHE_DIR, else ~/.cache/fvedit/encodings.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Print only errors and warnings: no progress bars, no summary.")
@@ -127,6 +136,7 @@ def edit(
     steps: int = StepsOpt,
     batch_size: int = BatchOpt,
     backend: str = BackendOpt,
+    precision: str = PrecisionOpt,
     temporal_window: int = typer.Option(1, "--temporal-window", min=1, help="Sliding-window cross-frame attention over this many frames (odd; 1 = the official per-frame attention). Changes outputs vs the official model."),
     face: str = FaceOpt,
     feather: float = typer.Option(8.0, "--feather", min=0.0, help="Width in pixels (of a 256 px crop) of the soft edge of the paste-back mask; 0 = hard official mask."),
@@ -152,8 +162,9 @@ def edit(
     if mask not in ("auto", "parser", "hull"):
         raise InputError(f"unknown --mask {mask!r}: use auto, parser or hull")
     opts.require_cache = from_cache
+    opts.precision, opts.temporal_window = precision, temporal_window
     run_edit(video, out, EditRequest(list(attr), strength, text, neutral, clip_steps, seed), preset=preset,
-             weights_dir=weights_dir, device=device, backend=backend, opts=opts, temporal_window=temporal_window)
+             weights_dir=weights_dir, device=device, backend=backend, opts=opts)
 
 
 @app.command()
@@ -163,6 +174,7 @@ def encode(
     steps: int = StepsOpt,
     batch_size: int = BatchOpt,
     backend: str = BackendOpt,
+    precision: str = PrecisionOpt,
     face: str = FaceOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
     preset: Optional[str] = PresetOpt,
@@ -173,7 +185,8 @@ def encode(
     """Invert a video once (align, identities, landmarks, x_T) and cache it, so later edits skip the inversion."""
     from fvedit.jobs import EditRequest, run_edit
 
-    opts = _options(sampler=sampler, steps=steps, face=face, batch_size=batch_size, cache_dir=cache_dir, quiet=quiet)
+    opts = _options(sampler=sampler, steps=steps, face=face, batch_size=batch_size, cache_dir=cache_dir, quiet=quiet,
+                    precision=precision)
     run_edit(video, None, EditRequest([]), preset=preset, weights_dir=weights_dir, device=device, backend=backend, opts=opts)
 
 

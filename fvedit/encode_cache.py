@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from fvedit.weights.store import sha256_file as file_sha256
+
 CACHE_VERSION = 1
 META = "meta.json"
 ARRAYS = ("quads", "landmarks", "crops", "z_id", "z_lnd", "x_T")
@@ -34,14 +36,6 @@ def default_cache_dir() -> Path:
         return Path(env).expanduser()
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser()
     return base / "fvedit" / "encodings"
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_fingerprint(manifest: dict[str, Any]) -> str:

@@ -42,14 +42,11 @@ def _echo(quiet: bool):
     return (lambda m: None) if quiet else (lambda m: console.print(m, highlight=False))
 
 
-def make_eps_model(weights: LoadedWeights, backend: str, device: torch.device, temporal_window: int = 1):
-    """The UNet call (x, t, z_face) -> eps for the chosen backend."""
-    try:
-        from fvedit.runtime.backends import make_backend
-    except ImportError:  # TEMP until the runtime layer lands
-        unet = weights.model.unet
-        return lambda x, t, c: unet(x, t, c)
-    return make_backend(backend, weights.model, device, temporal_window=temporal_window)
+def make_eps_model(weights: LoadedWeights, backend: str, device: torch.device, precision: str = "fp16", temporal_window: int = 1):
+    """The UNet call (x, t, z_face) -> eps on the chosen backend (see fvedit.runtime.backends)."""
+    from fvedit.runtime.backends import make_backend
+
+    return make_backend(backend, weights.model, device, dtype=precision, temporal_window=temporal_window)
 
 
 def prepare_edit(weights: LoadedWeights, request: EditRequest, device: torch.device, quiet: bool):
@@ -115,7 +112,6 @@ def run_edit(
     device: str,
     backend: str,
     opts: PipelineOptions,
-    temporal_window: int = 1,
 ) -> EditSummary:
     """Encode (or reuse the cached encoding), edit the identity once, decode, paste back, write."""
     dev = resolve_device(device)
@@ -129,7 +125,8 @@ def run_edit(
     with times.stage("load weights"):
         weights = load_for_run(weights_dir, preset, dev, echo=lambda m: console.print(m, style="yellow"))
         apply_edit = prepare_edit(weights, request, dev, opts.quiet)
-        eps_model = make_eps_model(weights, backend, dev, temporal_window)
+        eps_model = make_eps_model(weights, backend, dev, opts.precision, opts.temporal_window)
+        opts.backend_key = f"{eps_model.name}-{str(eps_model.dtype).removeprefix('torch.')}"
     enc, info, hit = encode_video(video, weights, eps_model, opts, times, echo)
     with times.stage("edit identity"):
         identity = apply_edit(enc)
@@ -137,7 +134,7 @@ def run_edit(
         decode_and_paste(video, output, enc, info, weights, eps_model, identity.z_id, opts, times)
     summary = EditSummary(output, enc.num_frames, times, hit, enc.folder, info, identity.description)
     if not opts.quiet:
-        print_summary(summary, weights, getattr(eps_model, "name", backend), opts)
+        print_summary(summary, weights, eps_model.describe() if hasattr(eps_model, "describe") else backend, opts)
     return summary
 
 

@@ -52,6 +52,9 @@ class PipelineOptions:
     mask: str = "auto"  # "parser", "hull" or "auto" (parser for real weights, hull for demo weights)
     crf: int = 18
     side_by_side: bool = False
+    precision: str = "fp16"  # for the torch/onnx/tensorrt backends on a GPU
+    temporal_window: int = 1  # sliding-window cross-frame attention (1 = official per-frame attention)
+    backend_key: str = "reference-fp32"  # which UNet runtime made x_T: part of the encode cache key
     quiet: bool = False
 
 
@@ -82,6 +85,18 @@ def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def _with_context(idx: slice, n: int, window: int) -> tuple[slice, slice]:
+    """Frames to run and the part of the result to keep, for cross-frame attention over `window`.
+
+    With window > 1 a batch also runs window//2 neighbouring frames on each side so the frames at
+    its edges see their neighbours. The attention is still confined to what one batch holds, so
+    batch edges approximate the whole-clip result (larger batches approximate it better).
+    """
+    ctx = window // 2 if window > 1 else 0
+    start, stop = max(idx.start - ctx, 0), min(idx.stop + ctx, n)
+    return slice(start, stop), slice(idx.start - start, idx.stop - start)
+
+
 def _encoding_settings(video_sha: str, weights: LoadedWeights, opts: PipelineOptions) -> dict:
     return {
         "video": video_sha,
@@ -91,6 +106,8 @@ def _encoding_settings(video_sha: str, weights: LoadedWeights, opts: PipelineOpt
         "face": str(opts.face),
         "sigmas": list(opts.sigmas),
         "detector": opts.detector,
+        "temporal_window": opts.temporal_window,
+        "backend": opts.backend_key,
     }
 
 
@@ -174,9 +191,11 @@ def encode_video(
         z_mean = torch.from_numpy(np.asarray(arr["z_id"], dtype=np.float64).mean(0).astype(np.float32)).to(opts.device)
         with times.stage("encode (inversion)"), progress_bar("invert", n, quiet=opts.quiet, unit="frame") as adv, torch.no_grad():
             for idx in _batches(n, opts.batch_size):
-                x0 = crops_to_tensor(arr["crops"][idx], opts.device)
-                z_face = model.encoder.fuse(z_mean[None], torch.from_numpy(np.array(arr["z_lnd"][idx])).to(opts.device))
-                arr["x_T"][idx] = opts.sampler.encode(lambda x, t: eps_model(x, t, z_face), x0).cpu().numpy()
+                run, keep = _with_context(idx, n, opts.temporal_window)
+                x0 = crops_to_tensor(arr["crops"][run], opts.device)
+                z_face = model.encoder.fuse(z_mean[None], torch.from_numpy(np.array(arr["z_lnd"][run])).to(opts.device))
+                x_T = opts.sampler.encode(lambda x, t: eps_model(x, t, z_face), x0)
+                arr["x_T"][idx] = x_T[keep].cpu().numpy()
                 adv(idx.stop - idx.start)
         folder = writer.commit()
     except BaseException:
@@ -224,11 +243,12 @@ def decode_and_paste(
         for chunk in iter_frames(video, chunk=opts.batch_size):
             idx = slice(chunk[0].index, chunk[-1].index + 1)
             with times.stage("decode"):
+                run, keep = _with_context(idx, n, opts.temporal_window)
                 x0 = crops_to_tensor(enc.crops[idx], opts.device)
-                z_lnd = torch.from_numpy(np.array(enc.z_lnd[idx])).to(opts.device)
+                z_lnd = torch.from_numpy(np.array(enc.z_lnd[run])).to(opts.device)
                 z_face = model.encoder.fuse(z_id[None].to(opts.device), z_lnd)
-                x_T = torch.from_numpy(np.array(enc.x_T[idx])).to(opts.device)
-                edited = tensor_to_crops(opts.sampler.decode(lambda x, t: eps_model(x, t, z_face), x_T))
+                x_T = torch.from_numpy(np.array(enc.x_T[run])).to(opts.device)
+                edited = tensor_to_crops(opts.sampler.decode(lambda x, t: eps_model(x, t, z_face), x_T)[keep])
             with times.stage("paste"):
                 alpha = _alpha_masks(weights, enc, idx, x0, opts)
                 frames = np.stack([f.rgb for f in chunk])

@@ -203,3 +203,15 @@ def test_encode_then_edit_from_cache(face_video, tmp_path, capsys):
 def test_attrs_lists_all_forty(capsys):
     code, text = run_cli(["attrs"], capsys)
     assert code == 0 and text.count("\n") >= 41 and "young" in text and "eyeglasses" in text
+
+
+def test_torch_backend_with_temporal_window_runs_and_keys_its_own_cache(face_video, tmp_path, recorded):
+    ref = run_edit(face_video, tmp_path / "r.mp4", EditRequest(["young"]), opts=opts(tmp_path), **FAST)
+    frames_ref = [f.copy() for f in recorded]
+    recorded.clear()
+    fast = dict(FAST, backend="torch")
+    windowed = run_edit(face_video, tmp_path / "w.mp4", EditRequest(["young"]),
+                        opts=opts(tmp_path, temporal_window=3, batch_size=3), **fast)
+    assert windowed.frames == ref.frames == 6 and not windowed.cache_hit  # other backend + window: other encoding
+    assert windowed.cache_folder != ref.cache_folder
+    assert len(recorded) == 6 and any(not np.array_equal(a, b) for a, b in zip(frames_ref, recorded))
