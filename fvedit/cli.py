@@ -29,6 +29,9 @@ def _register_subapps() -> None:
 
     app.add_typer(weights_app, name="weights", help="Import, list, verify and fetch model weights.")
     app.command("export")(export_command)
+    from fvedit.metrics.cli import metrics_command
+
+    app.command("metrics")(metrics_command)
 
 
 _register_subapps()
@@ -146,6 +149,7 @@ def edit(
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute the inversion even if a cached encoding exists (it is then refreshed)."),
     from_cache: bool = typer.Option(False, "--from-cache", help="Require a cached encoding (from `fvedit encode` or an earlier edit); fail instead of inverting."),
     seed: int = typer.Option(0, "--seed", help="Seed for the text edit's optimisation (the rest is deterministic)."),
+    metrics: bool = typer.Option(False, "--metrics", help="After writing, measure the edit against the input (TL-ID, TG-ID, identity preservation, face PSNR/SSIM, warping error) and write <output>.metrics.json and .metrics.png."),
     preset: Optional[str] = PresetOpt,
     weights_dir: Optional[Path] = WeightsDirOpt,
     device: str = DeviceOpt,
@@ -162,7 +166,7 @@ def edit(
     if mask not in ("auto", "parser", "hull"):
         raise InputError(f"unknown --mask {mask!r}: use auto, parser or hull")
     opts.require_cache = from_cache
-    opts.precision, opts.temporal_window = precision, temporal_window
+    opts.precision, opts.temporal_window, opts.metrics = precision, temporal_window, metrics
     run_edit(video, out, EditRequest(list(attr), strength, text, neutral, clip_steps, seed), preset=preset,
              weights_dir=weights_dir, device=device, backend=backend, opts=opts)
 

@@ -135,7 +135,23 @@ def run_edit(
     summary = EditSummary(output, enc.num_frames, times, hit, enc.folder, info, identity.description)
     if not opts.quiet:
         print_summary(summary, weights, eps_model.describe() if hasattr(eps_model, "describe") else backend, opts)
+    if opts.metrics and output is not None:
+        report_metrics(video, output, weights, enc, dev, opts.quiet)
     return summary
+
+
+def report_metrics(video: Path, output: Path, weights: LoadedWeights, enc: Encoding, device: torch.device, quiet: bool) -> None:
+    """Measure the written edit against its input, reusing the encoding's alignment."""
+    from fvedit.metrics import compute_metrics, print_report, write_json, write_plot
+
+    report = compute_metrics(video, output, weights, device, quads=np.asarray(enc.quads),
+                             landmarks=np.asarray(enc.landmarks), quiet=quiet)
+    json_path, png_path = output.with_suffix(".metrics.json"), output.with_suffix(".metrics.png")
+    write_json(report, json_path)
+    write_plot(report, png_path)
+    if not quiet:
+        print_report(report, console)
+        console.print(f"metrics: {json_path}, {png_path}")
 
 
 def run_demo(out_dir: Path, *, attrs: list[str], frames: int, preset: str | None, device: str, backend: str, opts: PipelineOptions) -> EditSummary:

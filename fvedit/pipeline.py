@@ -54,6 +54,7 @@ class PipelineOptions:
     side_by_side: bool = False
     precision: str = "fp16"  # for the torch/onnx/tensorrt backends on a GPU
     temporal_window: int = 1  # sliding-window cross-frame attention (1 = official per-frame attention)
+    metrics: bool = False  # measure the written edit against the input (fvedit edit --metrics)
     backend_key: str = "reference-fp32"  # which UNet runtime made x_T: part of the encode cache key
     quiet: bool = False
 

@@ -215,3 +215,15 @@ def test_torch_backend_with_temporal_window_runs_and_keys_its_own_cache(face_vid
     assert windowed.frames == ref.frames == 6 and not windowed.cache_hit  # other backend + window: other encoding
     assert windowed.cache_folder != ref.cache_folder
     assert len(recorded) == 6 and any(not np.array_equal(a, b) for a, b in zip(frames_ref, recorded))
+
+
+def test_cli_edit_with_metrics_writes_json_and_plot(face_video, tmp_path, capsys):
+    out = tmp_path / "m.mp4"
+    code, text = run_cli(["edit", str(face_video), "-o", str(out), "--attr", "young", "--metrics", "--steps", "2",
+                          "--preset", "tiny", "--device", "cpu", "--backend", "reference"], capsys)
+    assert code == 0, text
+    import json
+
+    data = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert "TL-ID" in json.dumps(data) or "tl_id" in json.dumps(data).lower()
+    assert out.with_suffix(".metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
