@@ -140,7 +140,7 @@ def edit(
     batch_size: int = BatchOpt,
     backend: str = BackendOpt,
     precision: str = PrecisionOpt,
-    temporal_window: int = typer.Option(1, "--temporal-window", min=1, help="Sliding-window cross-frame attention over this many frames (odd; 1 = the official per-frame attention). Changes outputs vs the official model."),
+    temporal_window: int = typer.Option(1, "--temporal-window", min=1, help="Sliding-window cross-frame attention over this many frames (1 = the official per-frame attention; odd sizes are centred, even ones lean to the past). Changes outputs vs the official model; batches get window//2 context frames on each side."),
     face: str = FaceOpt,
     feather: float = typer.Option(8.0, "--feather", min=0.0, help="Width in pixels (of a 256 px crop) of the soft edge of the paste-back mask; 0 = hard official mask."),
     mask: str = typer.Option("auto", "--mask", help="Paste-back mask: 'parser' (face parser, as official), 'hull' (landmark hull) or 'auto' (parser with real weights, hull with demo weights)."),
@@ -165,6 +165,8 @@ def edit(
                     use_cache=not no_cache, feather_px=feather, mask=mask, crf=crf, side_by_side=side_by_side, quiet=quiet)
     if mask not in ("auto", "parser", "hull"):
         raise InputError(f"unknown --mask {mask!r}: use auto, parser or hull")
+    if no_cache and from_cache:
+        raise InputError("--no-cache and --from-cache contradict each other; use one")
     opts.require_cache = from_cache
     opts.precision, opts.temporal_window, opts.metrics = precision, temporal_window, metrics
     run_edit(video, out, EditRequest(list(attr), strength, text, neutral, clip_steps, seed), preset=preset,
@@ -179,8 +181,10 @@ def encode(
     batch_size: int = BatchOpt,
     backend: str = BackendOpt,
     precision: str = PrecisionOpt,
+    temporal_window: int = typer.Option(1, "--temporal-window", min=1, help="As for `fvedit edit`: an edit that uses a window must find an encoding made with the same window and batch size."),
     face: str = FaceOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
+    no_cache: bool = typer.Option(False, "--no-cache", help="Recompute and overwrite an existing encoding."),
     preset: Optional[str] = PresetOpt,
     weights_dir: Optional[Path] = WeightsDirOpt,
     device: str = DeviceOpt,
@@ -190,7 +194,7 @@ def encode(
     from fvedit.jobs import EditRequest, run_edit
 
     opts = _options(sampler=sampler, steps=steps, face=face, batch_size=batch_size, cache_dir=cache_dir, quiet=quiet,
-                    precision=precision)
+                    precision=precision, temporal_window=temporal_window, use_cache=not no_cache)
     run_edit(video, None, EditRequest([]), preset=preset, weights_dir=weights_dir, device=device, backend=backend, opts=opts)
 
 
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: turn fvedit errors into a one-line message and an exit code."""
     import signal
 
-    def _terminate(signum, frame):  # SIGTERM: unwind like Ctrl-C so no partial output is left
+    def _terminate(signum, frame):  # SIGTERM: unwind like Ctrl-C (exit 130) so no partial output is left
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
@@ -238,9 +242,15 @@ def main(argv: list[str] | None = None) -> None:
     except FveditError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; no partial output was left behind", err=True)
-        sys.exit(130)
+    except OSError as err:  # disk full, permissions: one line, not a traceback
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        typer.echo(f"error: {err.strerror or err}{where}", err=True)
+        sys.exit(1)
+    except RuntimeError as err:
+        if "out of memory" not in str(err).lower():
+            raise
+        typer.echo("error: the GPU ran out of memory; try a smaller --batch-size or --precision fp16", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

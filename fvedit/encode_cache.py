@@ -7,7 +7,9 @@ content hash, the weights, the sampler and the alignment settings; a stale key i
 different folder. A folder is written under a temporary name and renamed when complete, and
 every array's sha256 is checked on load, so a partial or corrupted cache is rebuilt, never used.
 
-Arrays are .npy files opened memory-mapped, so a long video's x_T never has to fit in RAM.
+Arrays are .npy files. The large ones (crops, x_T) are read and written a batch of rows at a
+time with plain file I/O (`RowFile`), not memory-mapped: mapped pages would stay in the process's
+resident memory, so memory would grow with video length.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,77 @@ def encoding_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+class RowFile:
+    """A C-ordered .npy array on disk, read and written by rows (first axis) with pread/pwrite."""
+
+    def __init__(self, path: Path, *, writable: bool = False):
+        self._fd = -1  # set last: a file that fails the checks below is never opened
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran:
+            raise ValueError(f"{self.path} is Fortran-ordered")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.row_shape = self.shape[1:]
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        expected = self.offset + self.row_bytes * self.shape[0]
+        if os.path.getsize(self.path) != expected:
+            raise ValueError(f"{self.path} has {os.path.getsize(self.path)} bytes, expected {expected}")
+        self._fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
+
+    @classmethod
+    def create(cls, path: Path, shape: tuple[int, ...], dtype) -> "RowFile":
+        """A zero-filled array file (header written, data extended with ftruncate)."""
+        dtype = np.dtype(dtype)
+        with open(path, "wb") as f:
+            np.lib.format.write_array_header_2_0(f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
+            f.truncate(f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        return cls(path, writable=True)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _rows(self, idx: slice | int) -> tuple[int, int]:
+        start, stop, step = (idx if isinstance(idx, slice) else slice(idx, idx + 1)).indices(self.shape[0])
+        if step != 1:
+            raise IndexError("RowFile supports contiguous row ranges only")
+        return start, max(start, stop)
+
+    def __getitem__(self, idx: slice | int) -> np.ndarray:
+        start, stop = self._rows(idx)
+        nbytes = (stop - start) * self.row_bytes
+        buf = os.pread(self._fd, nbytes, self.offset + start * self.row_bytes) if nbytes else b""
+        if len(buf) != nbytes:
+            raise OSError(f"short read from {self.path}")
+        out = np.frombuffer(buf, dtype=self.dtype).reshape((stop - start, *self.row_shape)).copy()
+        return out if isinstance(idx, slice) else out[0]
+
+    def __setitem__(self, idx: slice | int, value: np.ndarray) -> None:
+        start, stop = self._rows(idx)
+        data = np.ascontiguousarray(value, dtype=self.dtype).reshape((stop - start, *self.row_shape))
+        written = os.pwrite(self._fd, data.tobytes(), self.offset + start * self.row_bytes)
+        if written != data.nbytes:
+            raise OSError(f"short write to {self.path} (disk full?)")
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        arr = self[:]
+        return arr if dtype is None else arr.astype(dtype)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+STREAMED = ("crops", "x_T")  # large arrays kept on disk; the rest is small and loaded whole
+
+
 @dataclass
 class Encoding:
     """A complete, verified encoding (arrays memory-mapped read-only)."""
@@ -60,10 +134,10 @@ class Encoding:
     meta: dict[str, Any]
     quads: np.ndarray  # [N,4,2] float64, smoothed, frame coordinates
     landmarks: np.ndarray  # [N,68,2] float64
-    crops: np.ndarray  # [N,S,S,3] uint8 aligned input crops
+    crops: RowFile  # [N,S,S,3] uint8 aligned input crops (read by batch)
     z_id: np.ndarray  # [N,D] float32 per-frame identities (unit norm)
     z_lnd: np.ndarray  # [N,102] float32 landmark features
-    x_T: np.ndarray  # [N,3,S,S] float32 noise maps
+    x_T: RowFile  # [N,3,S,S] float32 noise maps (read by batch)
 
     @property
     def num_frames(self) -> int:
@@ -78,29 +152,49 @@ class Encoding:
 class EncodingWriter:
     """Fills a temporary folder array by array, then `commit()` renames it into place."""
 
+    STALE_SECONDS = 24 * 3600
+
     def __init__(self, cache_dir: Path, key: str, meta: dict[str, Any], shapes: dict[str, tuple[tuple[int, ...], Any]]):
         cache_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_partials(cache_dir)
         self.final = cache_dir / key
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{key}.partial-", dir=cache_dir))
         self.meta = dict(meta, version=CACHE_VERSION, key=key)
-        self.arrays = {
-            name: np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
-            for name, (shape, dtype) in shapes.items()
-        }
+        try:
+            self.arrays = {name: RowFile.create(self.tmp / f"{name}.npy", shape, dtype) for name, (shape, dtype) in shapes.items()}
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def _remove_stale_partials(cls, cache_dir: Path) -> None:
+        """Folders left by a killed run (SIGKILL, power loss) are removed after a day."""
+        now = time.time()
+        for leftover in cache_dir.glob(".*.partial-*"):
+            try:
+                if now - leftover.stat().st_mtime > cls.STALE_SECONDS:
+                    shutil.rmtree(leftover, ignore_errors=True)
+            except OSError:
+                pass
 
     def commit(self) -> Path:
         checksums = {}
         for name, arr in self.arrays.items():
-            arr.flush()
+            arr.close()
             checksums[name] = file_sha256(self.tmp / f"{name}.npy")
         self.arrays.clear()
         (self.tmp / META).write_text(json.dumps(dict(self.meta, sha256=checksums), indent=1, sort_keys=True))
-        if self.final.exists():
-            shutil.rmtree(self.final, ignore_errors=True)
-        os.replace(self.tmp, self.final)
+        try:
+            if self.final.exists():
+                shutil.rmtree(self.final)
+            os.replace(self.tmp, self.final)
+        except OSError:  # another process committed the same key meanwhile: keep theirs
+            shutil.rmtree(self.tmp, ignore_errors=True)
         return self.final
 
     def abort(self) -> None:
+        for arr in self.arrays.values():
+            arr.close()
         self.arrays.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -112,14 +206,19 @@ def load_encoding(cache_dir: Path, key: str) -> Encoding | None:
         return None
     try:
         meta = json.loads((folder / META).read_text())
-        if meta.get("version") != CACHE_VERSION or meta.get("key") != key:
-            raise ValueError("version or key mismatch")
-        arrays = {}
+    except (OSError, json.JSONDecodeError):
+        meta = {}
+    if meta.get("version") != CACHE_VERSION:
+        return None  # another fvedit version's cache: not ours to delete
+    try:
+        if meta.get("key") != key:
+            raise ValueError("key mismatch")
+        arrays: dict[str, Any] = {}
         for name in ARRAYS:
             path = folder / f"{name}.npy"
             if file_sha256(path) != meta["sha256"][name]:
                 raise ValueError(f"{name} checksum mismatch")
-            arrays[name] = np.load(path, mmap_mode="r")
+            arrays[name] = RowFile(path) if name in STREAMED else np.load(path)
         n = arrays["x_T"].shape[0]
         if any(a.shape[0] != n for a in arrays.values()) or n != meta.get("frames"):
             raise ValueError("frame counts disagree")

@@ -6,6 +6,8 @@ and prints a summary of where the time went.
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +49,24 @@ def make_eps_model(weights: LoadedWeights, backend: str, device: torch.device, p
     from fvedit.runtime.backends import make_backend
 
     return make_backend(backend, weights.model, device, dtype=precision, temporal_window=temporal_window)
+
+
+OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
+
+
+def check_output_path(output: Path, video: Path) -> None:
+    """Fail before any slow work when the output cannot be written."""
+    if output.exists() and output.resolve() == video.resolve():
+        raise InputError(f"refusing to overwrite the input {video}; choose another -o path")
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(f"output {output} must end in {', '.join(OUTPUT_SUFFIXES)}")
+    folder = output.parent if str(output.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the output folder {folder}: {err.strerror or err}") from None
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"the output folder {folder} is not writable")
 
 
 def prepare_edit(weights: LoadedWeights, request: EditRequest, device: torch.device, quiet: bool):
@@ -114,24 +134,27 @@ def run_edit(
     opts: PipelineOptions,
 ) -> EditSummary:
     """Encode (or reuse the cached encoding), edit the identity once, decode, paste back, write."""
+    started = time.perf_counter()
     dev = resolve_device(device)
     opts.device = dev
     echo = _echo(opts.quiet)
     times = StageTimes()
     if not video.is_file():
         raise InputError(f"video not found: {video}")
-    if output is not None and output.resolve() == video.resolve():
-        raise InputError(f"refusing to overwrite the input {video}; choose another -o path")
+    if output is not None:
+        check_output_path(output, video)
+    if opts.metrics and opts.side_by_side:
+        raise InputError("--metrics compares the edit with the input frame by frame; it cannot read a --side-by-side output")
     with times.stage("load weights"):
         weights = load_for_run(weights_dir, preset, dev, echo=lambda m: console.print(m, style="yellow"))
         apply_edit = prepare_edit(weights, request, dev, opts.quiet)
         eps_model = make_eps_model(weights, backend, dev, opts.precision, opts.temporal_window)
-        opts.backend_key = f"{eps_model.name}-{str(eps_model.dtype).removeprefix('torch.')}"
     enc, info, hit = encode_video(video, weights, eps_model, opts, times, echo)
     with times.stage("edit identity"):
         identity = apply_edit(enc)
     if output is not None:
         decode_and_paste(video, output, enc, info, weights, eps_model, identity.z_id, opts, times)
+    times.add("other (video decoding, overhead)", max(0.0, time.perf_counter() - started - times.total))
     summary = EditSummary(output, enc.num_frames, times, hit, enc.folder, info, identity.description)
     if not opts.quiet:
         print_summary(summary, weights, eps_model.describe() if hasattr(eps_model, "describe") else backend, opts)

@@ -8,6 +8,8 @@ that, not any smoothing, is what keeps the edit temporally consistent.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -55,7 +57,6 @@ class PipelineOptions:
     precision: str = "fp16"  # for the torch/onnx/tensorrt backends on a GPU
     temporal_window: int = 1  # sliding-window cross-frame attention (1 = official per-frame attention)
     metrics: bool = False  # measure the written edit against the input (fvedit edit --metrics)
-    backend_key: str = "reference-fp32"  # which UNet runtime made x_T: part of the encode cache key
     quiet: bool = False
 
 
@@ -98,7 +99,9 @@ def _with_context(idx: slice, n: int, window: int) -> tuple[slice, slice]:
     return slice(start, stop), slice(idx.start - start, idx.stop - start)
 
 
-def _encoding_settings(video_sha: str, weights: LoadedWeights, opts: PipelineOptions) -> dict:
+def _encoding_settings(video_sha: str, weights: LoadedWeights, eps_model: EpsModel, opts: PipelineOptions) -> dict:
+    """Everything x_T depends on. With cross-frame attention, batch edges change x_T too."""
+    dtype = str(getattr(eps_model, "dtype", "torch.float32")).removeprefix("torch.")
     return {
         "video": video_sha,
         "weights": weights_fingerprint(weights.manifest),
@@ -107,9 +110,24 @@ def _encoding_settings(video_sha: str, weights: LoadedWeights, opts: PipelineOpt
         "face": str(opts.face),
         "sigmas": list(opts.sigmas),
         "detector": opts.detector,
+        "backend": f"{getattr(eps_model, 'name', 'custom')}-{dtype}",
         "temporal_window": opts.temporal_window,
-        "backend": opts.backend_key,
+        "batch_size": opts.batch_size if opts.temporal_window > 1 else None,
     }
+
+
+def _writable_cache_dir(preferred: Path, echo: Echo) -> Path:
+    """The cache folder, or a temporary one (with a note) when it cannot be created or written."""
+    try:
+        preferred.mkdir(parents=True, exist_ok=True)
+        if os.access(preferred, os.W_OK):
+            return preferred
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / "fvedit-encodings"
+    echo(f"note: cannot write the encode cache folder {preferred}; using {fallback} for this run")
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
 
 
 def encode_video(
@@ -125,8 +143,9 @@ def encode_video(
         info = probe(video)
         if info.frame_count == 0:
             raise InputError(f"{video} has no video frames")
-        settings = _encoding_settings(file_sha256(video), weights, opts)
-    cache_dir = opts.cache_dir or default_cache_dir()
+    with times.stage("hash video"):
+        settings = _encoding_settings(file_sha256(video), weights, eps_model, opts)
+    cache_dir = _writable_cache_dir(opts.cache_dir or default_cache_dir(), echo)
     key = encoding_key(settings)
     if opts.use_cache:
         with times.stage("load cache"):
@@ -134,8 +153,9 @@ def encode_video(
         if cached is not None:
             return cached, info, True
     if opts.require_cache:
+        wanted = ", ".join(f"{k}={settings[k]}" for k in ("sampler", "backend", "temporal_window", "face", "size"))
         raise InputError(
-            f"no cached encoding of {video} for these settings (weights, sampler {opts.sampler.key}, face, size): "
+            f"no cached encoding of {video} for these settings ({wanted}): "
             "run `fvedit encode` with the same options first, or drop --from-cache"
         )
 
@@ -180,8 +200,12 @@ def encode_video(
         arr["landmarks"][:] = alignment.landmarks
         factor = supersample_factor(alignment.quads, size)
         with times.stage("crop + encoders"), progress_bar("crop", n, quiet=opts.quiet, unit="frame") as adv, torch.no_grad():
+            seen = 0
             for chunk in iter_frames(video, chunk=opts.batch_size):
                 idx = slice(chunk[0].index, chunk[-1].index + 1)
+                seen = idx.stop
+                if seen > n:
+                    raise InputError(f"{video}: the crop pass decoded more frames than the {n} probed; the file may be damaged")
                 frames = np.stack([f.rgb for f in chunk])
                 crops = cut_crops(frames, alignment.quads[idx], size, factor)
                 arr["crops"][idx] = crops
@@ -189,6 +213,8 @@ def encode_video(
                 arr["z_id"][idx] = model.encoder.id_forward(x0).cpu().numpy()
                 arr["z_lnd"][idx] = model.encoder.lnd_forward(x0).cpu().numpy()
                 adv(len(chunk))
+            if seen != n:
+                raise InputError(f"{video}: the crop pass decoded {seen} frames but {n} were probed; the file may be damaged")
         z_mean = torch.from_numpy(np.asarray(arr["z_id"], dtype=np.float64).mean(0).astype(np.float32)).to(opts.device)
         with times.stage("encode (inversion)"), progress_bar("invert", n, quiet=opts.quiet, unit="frame") as adv, torch.no_grad():
             for idx in _batches(n, opts.batch_size):
@@ -243,6 +269,8 @@ def decode_and_paste(
     with writer, progress_bar("decode + paste", n, quiet=opts.quiet, unit="frame") as adv, torch.no_grad():
         for chunk in iter_frames(video, chunk=opts.batch_size):
             idx = slice(chunk[0].index, chunk[-1].index + 1)
+            if idx.stop > n:
+                raise InputError(f"{video}: decoded more frames than the {n} that were encoded; the file may be damaged")
             with times.stage("decode"):
                 run, keep = _with_context(idx, n, opts.temporal_window)
                 x0 = crops_to_tensor(enc.crops[idx], opts.device)

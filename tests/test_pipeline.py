@@ -227,3 +227,36 @@ def test_cli_edit_with_metrics_writes_json_and_plot(face_video, tmp_path, capsys
     data = json.loads(out.with_suffix(".metrics.json").read_text())
     assert "TL-ID" in json.dumps(data) or "tl_id" in json.dumps(data).lower()
     assert out.with_suffix(".metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_output_problems_fail_before_any_work(face_video, tmp_path, capsys):
+    base = ["edit", str(face_video), "--steps", "2", "--preset", "tiny", "--device", "cpu"]
+    code, text = run_cli(base + ["-o", str(tmp_path / "o.xyz")], capsys)
+    assert code == 2 and "must end in" in text
+    code, text = run_cli(base + ["-o", str(tmp_path / "o.mp4"), "--side-by-side", "--metrics"], capsys)
+    assert code == 2 and "side-by-side" in text
+    code, text = run_cli(base + ["-o", str(tmp_path / "o.mp4"), "--no-cache", "--from-cache"], capsys)
+    assert code == 2 and "contradict" in text
+    assert not (tmp_path / "cache").exists()  # nothing was encoded
+
+
+def test_unwritable_cache_folder_falls_back_with_a_note(face_video, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    code, text = run_cli(["edit", str(face_video), "-o", str(tmp_path / "o.mp4"), "--steps", "2", "--preset", "tiny",
+                          "--device", "cpu", "--backend", "reference", "--cache-dir", str(blocker / "sub")], capsys)
+    assert code == 0, text
+    assert "cannot write the encode cache folder" in text and (tmp_path / "o.mp4").exists()
+
+
+def test_window_encodings_are_keyed_by_batch_size(face_video, tmp_path):
+    a = run_edit(face_video, None, EditRequest([]), opts=opts(tmp_path, temporal_window=3, batch_size=2), **FAST)
+    b = run_edit(face_video, None, EditRequest([]), opts=opts(tmp_path, temporal_window=3, batch_size=3), **FAST)
+    c = run_edit(face_video, None, EditRequest([]), opts=opts(tmp_path, temporal_window=1, batch_size=2), **FAST)
+    d = run_edit(face_video, None, EditRequest([]), opts=opts(tmp_path, temporal_window=1, batch_size=3), **FAST)
+    assert a.cache_folder != b.cache_folder and c.cache_folder == d.cache_folder and d.cache_hit

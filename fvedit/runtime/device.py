@@ -18,6 +18,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
         raise InputError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {spec!r} asked for, but no CUDA GPU is visible to torch: use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"device {spec!r} is not supported: use auto, cpu, cuda or cuda:N")
     return dev
