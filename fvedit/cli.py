@@ -32,6 +32,9 @@ def _register_subapps() -> None:
     from fvedit.metrics.cli import metrics_command
 
     app.command("metrics")(metrics_command)
+    from fvedit.bench_cli import bench_command
+
+    app.command("bench")(bench_command)
 
 
 _register_subapps()
