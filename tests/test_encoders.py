@@ -21,7 +21,6 @@ from fvedit.models.encoders import (
     BACKGROUND_CLASSES,
     VIDEO_BACKGROUND_CLASSES,
     DVAEncoder,
-    official_to_fvedit_key,
 )
 from fvedit.models.encoders.bgnet import AttentionRefinement, FeatureFusion
 from fvedit.models.encoders.idnet import BottleneckIRSE, SEModule
@@ -106,6 +105,14 @@ def frames(b: int, size: int, seed: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------------
 # Official layout (meta device: no memory, no time)
+
+
+def official_to_fvedit_key(key: str) -> str | None:
+    """The importer's mapping (its KEY_RULES table), for keys relative to `encoder.`."""
+    from fvedit.weights.importer import official_to_fvedit
+
+    new = official_to_fvedit("encoder." + key)
+    return None if new is None else new.removeprefix("encoder.")
 
 
 def test_state_dict_matches_official_encoder_keys_under_the_documented_map():

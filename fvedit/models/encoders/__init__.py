@@ -1,7 +1,7 @@
 """DVA's frozen encoders (identity, landmarks, face parser) and the trainable fusion Linear.
 
 z_face = Linear(cat[z_id, z_lnd]) is the condition of the diffusion UNet. The state-dict
-names match the official `encoder.*` keys (see `official_to_fvedit_key` for the one renaming).
+names match the official `encoder.*` keys (the one renaming, of the landmark net's duplicated features, is in `fvedit.weights.importer.KEY_RULES`).
 """
 
 from __future__ import annotations
@@ -15,25 +15,6 @@ from fvedit.models.encoders.bgnet import BACKGROUND_CLASSES, VIDEO_BACKGROUND_CL
 from fvedit.models.encoders.idnet import IdentityNet, IRSEBackbone, check_rgb_batch
 from fvedit.models.encoders.lndnet import LandmarkNet, MobileNetGDConv
 from fvedit.models.encoders.mobilenet_v2 import mobilenet_v2_features
-
-_LND_FEATURES_OFFICIAL = "lndnet.backbone.pretrain_net.features."
-_LND_FEATURES_FVEDIT = "lndnet.backbone.features."
-_LND_DROPPED = ("lndnet.backbone.base_net.0.", "lndnet.backbone.pretrain_net.classifier.")
-
-
-def official_to_fvedit_key(key: str) -> str | None:
-    """Map an official DiffusionVideoAutoencoder key (relative to `encoder.`) to fvedit's.
-
-    The landmark features are stored once (`lndnet.backbone.features.*`); their duplicate
-    `base_net.0.*` and the unused `pretrain_net.classifier.*` map to None (drop them).
-    Every other key is unchanged.
-    """
-    if key.startswith(_LND_DROPPED):
-        return None
-    if key.startswith(_LND_FEATURES_OFFICIAL):
-        return _LND_FEATURES_FVEDIT + key[len(_LND_FEATURES_OFFICIAL) :]
-    return key
-
 
 class DVAEncoder(nn.Module):
     """Official `DiffusionVideoAutoencoder`: idnet, lndnet, bgnet (frozen) and `linear`.
@@ -97,5 +78,4 @@ __all__ = [
     "MobileNetGDConv",
     "check_rgb_batch",
     "mobilenet_v2_features",
-    "official_to_fvedit_key",
 ]
