@@ -112,7 +112,8 @@ QuietOpt = typer.Option(False, "--quiet", "-q", help="Print only errors and warn
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Also log library details (pixel backend, detector) while running.")
 
 
-def _options(**kw) -> "PipelineOptions":
+def _options(**kw):
+    """PipelineOptions from CLI values (imported lazily: `fvedit --help` stays fast)."""
     from fvedit.pipeline import PipelineOptions
     from fvedit.sampling import SamplerSpec
     from fvedit.face.track import parse_selection

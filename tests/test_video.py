@@ -14,7 +14,7 @@ import pytest
 
 from fvedit import synth
 from fvedit.errors import FveditError, InputError
-from fvedit.video import Frame, VideoReader, VideoWriter, iter_frames, probe, write_video
+from fvedit.video import VideoReader, VideoWriter, iter_frames, probe, write_video
 from fvedit.video.probe import orientation_from_display_matrix
 from fvedit.video.writer import even_size, pad_to
 

@@ -10,7 +10,6 @@ from typing import List, Optional
 
 import typer
 
-from fvedit.errors import FveditError
 
 
 def _import_exporters():
