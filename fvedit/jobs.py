@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fvedit.crops import crops_to_tensor
 from fvedit.edit import apply_attribute_edits, apply_text_direction, parse_attr_specs
 from fvedit.encode_cache import Encoding
 from fvedit.errors import InputError
@@ -82,7 +83,7 @@ def prepare_edit(weights: LoadedWeights, request: EditRequest, device: torch.dev
 
         def text_edit(enc: Encoding) -> EditIdentity:
             z_mean = torch.from_numpy(enc.z_id_mean).to(device)
-            first = torch.from_numpy(np.array(enc.crops[:1])).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+            first = crops_to_tensor(enc.crops[:1], device)
             with progress_bar("learn text edit", request.clip_steps, quiet=quiet, unit="step") as adv:
                 delta = learn_text_direction(
                     weights.model, first, request.neutral, request.text, clip,

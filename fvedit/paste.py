@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from fvedit import pixels
 from fvedit.errors import InputError
+from fvedit.face.align import crop_homography
 
 # Face-parser (BiSeNet, CelebAMask-HQ, 19 classes) labels that are not pasted.
 # Official: 0 background, 16 cloth, 18 hat; with for_video=True also 7/8 ears, 14 neck, 17 hair.
@@ -118,6 +119,14 @@ def landmark_hull_mask(landmarks68, size: int, forehead: float = 0.6) -> np.ndar
             nx, ny = nx / ln, ny / ln
             inside &= (x - a[0]) * nx + (y - a[1]) * ny >= -0.5 * (abs(nx) + abs(ny))
     return inside.astype(np.float32)
+
+
+def face_masks_in_crops(landmarks: np.ndarray, quads: np.ndarray, size: int) -> np.ndarray:
+    """float32 [N, S, S]: each frame's landmark hull (with forehead), mapped into its aligned crop."""
+    to_crop = np.linalg.inv(crop_homography(np.asarray(quads, dtype=np.float64), size))
+    lm = np.asarray(landmarks, dtype=np.float64)
+    lm_h = np.concatenate([lm, np.ones(lm.shape[:-1] + (1,))], axis=-1) @ to_crop.transpose(0, 2, 1)
+    return np.stack([landmark_hull_mask(p[:, :2] / p[:, 2:], size) for p in lm_h]).astype(np.float32)
 
 
 def feather(mask, width_px: float, border_px: int = 2) -> np.ndarray:

@@ -29,7 +29,7 @@ from fvedit.encode_cache import (
 )
 from fvedit.errors import InputError
 from fvedit.face.align import OFFICIAL_SIGMAS, align_video, crop_homography
-from fvedit.paste import feather, landmark_hull_mask, paste_back
+from fvedit.paste import face_masks_in_crops, feather, paste_back
 from fvedit.progress import StageTimes, progress_bar
 from fvedit.sampling import SamplerSpec
 from fvedit.video import VideoInfo, VideoWriter, iter_frames, probe
@@ -242,10 +242,7 @@ def _alpha_masks(weights: LoadedWeights, enc: Encoding, idx: slice, x0: torch.Te
         with torch.no_grad():
             masks = weights.model.encoder.face_mask(x0, for_video=True)[:, 0].cpu().numpy()
     else:
-        to_crop = np.linalg.inv(crop_homography(np.asarray(enc.quads[idx]), size))
-        lm = np.asarray(enc.landmarks[idx])
-        lm_h = np.concatenate([lm, np.ones(lm.shape[:-1] + (1,))], axis=-1) @ to_crop.transpose(0, 2, 1)
-        masks = np.stack([landmark_hull_mask(p[:, :2] / p[:, 2:], size) for p in lm_h])
+        masks = face_masks_in_crops(enc.landmarks[idx], enc.quads[idx], size)
     width = opts.feather_px * size / 256
     return np.stack([feather(m, width) for m in masks]).astype(np.float32)
 

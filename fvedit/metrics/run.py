@@ -22,12 +22,12 @@ import torch
 
 from fvedit.crops import crops_to_tensor, cut_crops, supersample_factor
 from fvedit.errors import InputError
-from fvedit.face.align import OFFICIAL_SIGMAS, align_video, crop_homography
+from fvedit.face.align import OFFICIAL_SIGMAS, align_video
 from fvedit.metrics.flow import face_mask_in_frame, make_flow, pair_mask, warp_error
 from fvedit.metrics.identity import identity_metrics
 from fvedit.metrics.image import ms_ssim, ms_ssim_scales, psnr, ssim, uint8_to_unit
 from fvedit.metrics.report import MetricsReport
-from fvedit.paste import landmark_hull_mask
+from fvedit.paste import face_masks_in_crops
 from fvedit.progress import progress_bar
 from fvedit.video import VideoInfo, iter_frames, probe
 from fvedit.weights.store import LoadedWeights
@@ -54,14 +54,6 @@ def check_comparable(original: VideoInfo, edited: VideoInfo) -> None:
             f"{edited.path} is {edited.width}x{edited.height} but {original.path} is {original.width}x{original.height}: "
             "compare a video with its own edit (same length and size); a side-by-side output will not do"
         )
-
-
-def face_masks_in_crops(landmarks: np.ndarray, quads: np.ndarray, size: int) -> np.ndarray:
-    """float32 [N, S, S]: each frame's landmark hull (with forehead), mapped into its aligned crop."""
-    to_crop = np.linalg.inv(crop_homography(np.asarray(quads, dtype=np.float64), size))
-    lm = np.asarray(landmarks, dtype=np.float64)
-    lm_h = np.concatenate([lm, np.ones(lm.shape[:-1] + (1,))], axis=-1) @ to_crop.transpose(0, 2, 1)
-    return np.stack([landmark_hull_mask(p[:, :2] / p[:, 2:], size) for p in lm_h]).astype(np.float32)
 
 
 def _lockstep(original: Path, edited: Path, chunk: int):
