@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from fvedit.partials import create_partial_dir, owner_pid, remove_orphans
 from fvedit.weights.store import sha256_file as file_sha256
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: frames without the face (present / detected masks)
 META = "meta.json"
-ARRAYS = ("quads", "landmarks", "crops", "z_id", "z_lnd", "x_T")
+ARRAYS = ("quads", "landmarks", "present", "detected", "crops", "z_id", "z_lnd", "x_T")
 
 
 def default_cache_dir() -> Path:
@@ -88,6 +88,21 @@ class RowFile:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def take(self, rows) -> np.ndarray:
+        """The rows at the given increasing indices, read one contiguous run at a time."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *self.row_shape), dtype=self.dtype)
+        for at, run in _contiguous_runs(rows):
+            out[at : at + len(run)] = self[int(run[0]) : int(run[-1]) + 1]
+        return out
+
+    def put(self, rows, values: np.ndarray) -> None:
+        """Write `values` (one per row) to the rows at the given increasing indices."""
+        rows = np.asarray(rows, dtype=np.int64)
+        values = np.asarray(values)
+        for at, run in _contiguous_runs(rows):
+            self[int(run[0]) : int(run[-1]) + 1] = values[at : at + len(run)]
+
     def _rows(self, idx: slice | int) -> tuple[int, int]:
         start, stop, step = (idx if isinstance(idx, slice) else slice(idx, idx + 1)).indices(self.shape[0])
         if step != 1:
@@ -123,6 +138,18 @@ class RowFile:
         self.close()
 
 
+def _contiguous_runs(rows: np.ndarray):
+    """(offset into rows, run) for each run of consecutive indices in an increasing index array."""
+    if rows.size and np.any(np.diff(rows) <= 0):
+        raise IndexError("row indices must be strictly increasing")
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    at = 0
+    for run in np.split(rows, breaks):
+        if run.size:
+            yield at, run
+        at += run.size
+
+
 STREAMED = ("crops", "x_T")  # large arrays kept on disk; the rest is small and loaded whole
 
 
@@ -134,6 +161,8 @@ class Encoding:
     meta: dict[str, Any]
     quads: np.ndarray  # [N,4,2] float64, smoothed, frame coordinates
     landmarks: np.ndarray  # [N,68,2] float64
+    present: np.ndarray  # [N] bool: the face is there (detected or bridged); other frames pass through
+    detected: np.ndarray  # [N] bool: the detector found it (present & ~detected = bridged)
     crops: RowFile  # [N,S,S,3] uint8 aligned input crops (read by batch)
     z_id: np.ndarray  # [N,D] float32 per-frame identities (unit norm)
     z_lnd: np.ndarray  # [N,102] float32 landmark features
@@ -144,9 +173,20 @@ class Encoding:
         return int(self.x_T.shape[0])
 
     @property
+    def present_frames(self) -> np.ndarray:
+        """Indices of the frames that have the face (the only ones with crops, features and x_T)."""
+        return np.flatnonzero(self.present)
+
+    @property
     def z_id_mean(self) -> np.ndarray:
-        """The representative identity: plain mean of unit vectors, not re-normalised (official)."""
-        return self.z_id.astype(np.float64).mean(axis=0).astype(np.float32)
+        """The representative identity: plain mean of the unit vectors of the frames with the face,
+        not re-normalised (official)."""
+        return mean_identity(self.z_id, self.present)
+
+
+def mean_identity(z_id: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """float32 [D]: the mean over the frames that have the face, accumulated in float64."""
+    return np.asarray(z_id, dtype=np.float64)[np.asarray(present, dtype=bool)].mean(axis=0).astype(np.float32)
 
 
 class EncodingWriter:
@@ -158,21 +198,24 @@ class EncodingWriter:
         cache_dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale_partials(cache_dir)
         self.final = cache_dir / key
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{key}.partial-", dir=cache_dir))
+        self.tmp, self._claim = create_partial_dir(cache_dir, key)
         self.meta = dict(meta, version=CACHE_VERSION, key=key)
         try:
             self.arrays = {name: RowFile.create(self.tmp / f"{name}.npy", shape, dtype) for name, (shape, dtype) in shapes.items()}
         except BaseException:
+            self._claim.release()
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
 
     @classmethod
     def _remove_stale_partials(cls, cache_dir: Path) -> None:
-        """Folders left by a killed run (SIGKILL, power loss) are removed after a day."""
+        """Folders left by a killed run (SIGKILL, power loss): those whose owner process is gone
+        (`fvedit.partials`), and those of older fvedit versions (no owner in the name) after a day."""
+        remove_orphans(cache_dir)
         now = time.time()
         for leftover in cache_dir.glob(".*.partial-*"):
             try:
-                if now - leftover.stat().st_mtime > cls.STALE_SECONDS:
+                if owner_pid(leftover) is None and now - leftover.stat().st_mtime > cls.STALE_SECONDS:
                     shutil.rmtree(leftover, ignore_errors=True)
             except OSError:
                 pass
@@ -190,6 +233,7 @@ class EncodingWriter:
             os.replace(self.tmp, self.final)
         except OSError:  # another process committed the same key meanwhile: keep theirs
             shutil.rmtree(self.tmp, ignore_errors=True)
+        self._claim.release()
         return self.final
 
     def abort(self) -> None:
@@ -197,6 +241,7 @@ class EncodingWriter:
             arr.close()
         self.arrays.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        self._claim.release()
 
 
 def load_encoding(cache_dir: Path, key: str) -> Encoding | None:
@@ -218,7 +263,7 @@ def load_encoding(cache_dir: Path, key: str) -> Encoding | None:
             path = folder / f"{name}.npy"
             if file_sha256(path) != meta["sha256"][name]:
                 raise ValueError(f"{name} checksum mismatch")
-            arrays[name] = RowFile(path) if name in STREAMED else np.load(path)
+            arrays[name] = RowFile(path) if name in STREAMED else np.load(path, allow_pickle=False)
         n = arrays["x_T"].shape[0]
         if any(a.shape[0] != n for a in arrays.values()) or n != meta.get("frames"):
             raise ValueError("frame counts disagree")

@@ -83,7 +83,7 @@ def prepare_edit(weights: LoadedWeights, request: EditRequest, device: torch.dev
 
         def text_edit(enc: Encoding) -> EditIdentity:
             z_mean = torch.from_numpy(enc.z_id_mean).to(device)
-            first = crops_to_tensor(enc.crops[:1], device)
+            first = crops_to_tensor(enc.crops.take(enc.present_frames[:1]), device)
             with progress_bar("learn text edit", request.clip_steps, quiet=quiet, unit="step") as adv:
                 delta = learn_text_direction(
                     weights.model, first, request.neutral, request.text, clip,
@@ -115,6 +115,9 @@ def print_summary(summary: EditSummary, weights: LoadedWeights, backend: str, op
         f"{' (variable)' if summary.info.is_vfr else ''}, audio: {'copied' if summary.info.has_audio else 'none'}")
     say(f"model: {cfg.name} {'(UNTRAINED demo weights)' if weights.is_demo else '(imported weights)'}; backend: {backend}; "
         f"device: {opts.device}; sampler: {opts.sampler.key} ({opts.sampler.encode_calls}+{opts.sampler.decode_calls} calls/frame)")
+    if summary.passed_through or summary.bridged:
+        say(f"face: in {summary.frames - summary.passed_through} of {summary.frames} frames "
+            f"({summary.bridged} bridged detection misses); {summary.passed_through} frames without it passed through unchanged")
     say(f"edit: {summary.edit}; encode cache: {'hit, inversion skipped' if summary.cache_hit else 'miss, saved'} ({summary.cache_folder})")
     for name, sec in summary.times.seconds.items():
         say(f"  {name:<22}{sec:9.2f} s  {1000 * sec / max(summary.frames, 1):9.1f} ms/frame")
@@ -156,7 +159,8 @@ def run_edit(
     if output is not None:
         decode_and_paste(video, output, enc, info, weights, eps_model, identity.z_id, opts, times)
     times.add("other (video decoding, overhead)", max(0.0, time.perf_counter() - started - times.total))
-    summary = EditSummary(output, enc.num_frames, times, hit, enc.folder, info, identity.description)
+    summary = EditSummary(output, enc.num_frames, times, hit, enc.folder, info, identity.description,
+                          passed_through=int((~enc.present).sum()), bridged=int((enc.present & ~enc.detected).sum()))
     if not opts.quiet:
         print_summary(summary, weights, eps_model.describe() if hasattr(eps_model, "describe") else backend, opts)
     if opts.metrics and output is not None:
@@ -169,7 +173,7 @@ def report_metrics(video: Path, output: Path, weights: LoadedWeights, enc: Encod
     from fvedit.metrics import compute_metrics, print_report, write_json, write_plot
 
     report = compute_metrics(video, output, weights, device, quads=np.asarray(enc.quads),
-                             landmarks=np.asarray(enc.landmarks), quiet=quiet)
+                             landmarks=np.asarray(enc.landmarks), present=np.asarray(enc.present), quiet=quiet)
     json_path, png_path = output.with_suffix(".metrics.json"), output.with_suffix(".metrics.png")
     write_json(report, json_path)
     write_plot(report, png_path)

@@ -1,9 +1,13 @@
 """The whole video edit, stage by stage: probe, align, crop + encoders, inversion, edit, decode + paste, write.
 
 The video is streamed three times (align, crop, paste) rather than held in memory; what later stages
-need (quads, crops, features, x_T) goes into the encode cache, which is memory-mapped. The identity is
-averaged over all frames and edited once, so every frame is decoded with the same edited identity:
-that, not any smoothing, is what keeps the edit temporally consistent.
+need (quads, crops, features, x_T) goes into the encode cache, read and written by rows. The identity
+is averaged over the frames that have the face and edited once, so every frame is decoded with the
+same edited identity: that, not any smoothing, is what keeps the edit temporally consistent.
+
+Frames without the face (the person left the shot, a cutaway) are written exactly as they were
+decoded: no crop, no inversion, no paste. Next to such a run the edit fades in and out over
+`FADE_FRAMES` frames, so the face does not pop between edited and unedited.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from fvedit.encode_cache import (
     encoding_key,
     file_sha256,
     load_encoding,
+    mean_identity,
     weights_fingerprint,
 )
 from fvedit.errors import InputError
 from fvedit.face.align import OFFICIAL_SIGMAS, align_video, crop_homography
+from fvedit.face.track import DEFAULT_MAX_GAP, present_runs
 from fvedit.paste import face_masks_in_crops, feather, paste_back
 from fvedit.progress import StageTimes, progress_bar
 from fvedit.sampling import SamplerSpec
@@ -37,6 +43,8 @@ from fvedit.weights.store import LoadedWeights
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Echo = Callable[[str], None]
+
+FADE_FRAMES = 4  # present frames over which the edit fades in/out next to frames without the face
 
 
 @dataclass
@@ -47,6 +55,7 @@ class PipelineOptions:
     face: str | int | tuple[float, float] = "largest"
     sigmas: tuple[float, float] = OFFICIAL_SIGMAS
     detector: str = "dlib"
+    max_gap: int = DEFAULT_MAX_GAP  # longest detection gap that may be bridged (after a re-check)
     cache_dir: Path | None = None
     use_cache: bool = True
     require_cache: bool = False  # --from-cache: fail instead of inverting
@@ -77,26 +86,67 @@ class EditSummary:
     cache_folder: Path
     info: VideoInfo
     edit: str
+    passed_through: int = 0  # frames without the face, written unchanged
+    bridged: int = 0  # detection misses confirmed by the re-check and edited
 
     @property
     def per_frame_ms(self) -> float:
         return 1000 * self.times.total / max(self.frames, 1)
 
 
-def _batches(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+@dataclass(frozen=True)
+class FrameBatch:
+    """One UNet batch: the frames it encodes or decodes, and the neighbours run with them.
 
-
-def _with_context(idx: slice, n: int, window: int) -> tuple[slice, slice]:
-    """Frames to run and the part of the result to keep, for cross-frame attention over `window`.
-
-    With window > 1 a batch also runs window//2 neighbouring frames on each side so the frames at
-    its edges see their neighbours. The attention is still confined to what one batch holds, so
-    batch edges approximate the whole-clip result (larger batches approximate it better).
+    frames: increasing indices of the frames kept (all have the face); run: the indices run
+    through the UNet (the frames plus, for cross-frame attention, context on each side, never
+    past a frame without the face); keep: positions of `frames` within `run`.
     """
+
+    frames: np.ndarray
+    run: np.ndarray
+    keep: np.ndarray
+
+
+def plan_batches(present: np.ndarray, batch_size: int, window: int) -> list[FrameBatch]:
+    """The batches of an encode or decode pass, the same for both so x_T is decoded as it was made.
+
+    Frames are taken in chunks of `batch_size` positions, the chunks the video reader yields, and
+    a chunk's frames with the face form its batch. With cross-frame attention (window > 1) a
+    batch also runs window//2 neighbours on each side and is split where the face is absent, so
+    attention never looks across a cut; its edges approximate the whole-clip result.
+    """
+    present = np.asarray(present, dtype=bool)
+    runs = present_runs(present)
     ctx = window // 2 if window > 1 else 0
-    start, stop = max(idx.start - ctx, 0), min(idx.stop + ctx, n)
-    return slice(start, stop), slice(idx.start - start, idx.stop - start)
+    batches = []
+    for start in range(0, len(present), batch_size):
+        idx = np.flatnonzero(present[start : start + batch_size]) + start
+        if not idx.size:
+            continue
+        if ctx == 0:
+            batches.append(FrameBatch(idx, idx, np.arange(idx.size)))
+            continue
+        for run in runs:
+            part = idx[(idx >= run.start) & (idx < run.stop)]
+            if part.size:
+                lo, hi = max(run.start, int(part[0]) - ctx), min(run.stop, int(part[-1]) + 1 + ctx)
+                batches.append(FrameBatch(part, np.arange(lo, hi), part - lo))
+    return batches
+
+
+def fade_weights(present: np.ndarray, frames: int = FADE_FRAMES) -> np.ndarray:
+    """float32 [N]: 1 for frames far from any frame without the face, ramping down to 1/(frames+1)
+    next to one, 0 on frames without the face (they are not pasted at all)."""
+    present = np.asarray(present, dtype=bool)
+    n = len(present)
+    absent = np.flatnonzero(~present)
+    if not absent.size:
+        return np.ones(n, dtype=np.float32)
+    pos = np.arange(n)
+    k = np.searchsorted(absent, pos)
+    dist = np.minimum(np.abs(pos - absent[np.clip(k - 1, 0, absent.size - 1)]), np.abs(absent[np.clip(k, 0, absent.size - 1)] - pos))
+    return np.minimum(1.0, dist / (frames + 1.0)).astype(np.float32)
 
 
 def _encoding_settings(video_sha: str, weights: LoadedWeights, eps_model: EpsModel, opts: PipelineOptions) -> dict:
@@ -110,6 +160,7 @@ def _encoding_settings(video_sha: str, weights: LoadedWeights, eps_model: EpsMod
         "face": str(opts.face),
         "sigmas": list(opts.sigmas),
         "detector": opts.detector,
+        "max_gap": opts.max_gap,
         "backend": f"{getattr(eps_model, 'name', 'custom')}-{dtype}",
         "temporal_window": opts.temporal_window,
         "batch_size": opts.batch_size if opts.temporal_window > 1 else None,
@@ -170,16 +221,15 @@ def encode_video(
 
         alignment = align_video(
             frames_for_detection(), make_detector(opts.detector), size=size, select=opts.face,
-            sigmas=opts.sigmas, source=str(video),
+            sigmas=opts.sigmas, max_gap=opts.max_gap, source=str(video),
         )
     if alignment.num_frames != n:
         raise InputError(f"{video}: decoded {alignment.num_frames} frames but probed {n}; the file may be damaged")
-    if alignment.max_faces_seen > 1:
-        echo(f"note: up to {alignment.max_faces_seen} faces per frame; editing the largest (choose with --face)")
-    missing = int((~alignment.detected).sum())
-    if missing:
-        echo(f"note: no face detected in {missing} of {n} frames; their crops are interpolated from neighbours")
+    for note in alignment_notes(alignment, opts):
+        echo(f"note: {note}")
 
+    present = alignment.present
+    kept = np.flatnonzero(present)
     dim = weights.config.encoder.id_dim
     writer = EncodingWriter(
         cache_dir,
@@ -188,6 +238,8 @@ def encode_video(
         {
             "quads": ((n, 4, 2), np.float64),
             "landmarks": ((n, 68, 2), np.float64),
+            "present": ((n,), np.bool_),
+            "detected": ((n,), np.bool_),
             "crops": ((n, size, size, 3), np.uint8),
             "z_id": ((n, dim), np.float32),
             "z_lnd": ((n, weights.config.encoder.lnd_dim), np.float32),
@@ -198,32 +250,36 @@ def encode_video(
         arr = writer.arrays
         arr["quads"][:] = alignment.quads
         arr["landmarks"][:] = alignment.landmarks
-        factor = supersample_factor(alignment.quads, size)
+        arr["present"][:] = present
+        arr["detected"][:] = alignment.detected
+        factor = supersample_factor(alignment.quads[present], size)
         with times.stage("crop + encoders"), progress_bar("crop", n, quiet=opts.quiet, unit="frame") as adv, torch.no_grad():
             seen = 0
             for chunk in iter_frames(video, chunk=opts.batch_size):
-                idx = slice(chunk[0].index, chunk[-1].index + 1)
-                seen = idx.stop
+                start = chunk[0].index
+                seen = chunk[-1].index + 1
                 if seen > n:
                     raise InputError(f"{video}: the crop pass decoded more frames than the {n} probed; the file may be damaged")
-                frames = np.stack([f.rgb for f in chunk])
-                crops = cut_crops(frames, alignment.quads[idx], size, factor)
-                arr["crops"][idx] = crops
-                x0 = crops_to_tensor(crops, opts.device)
-                arr["z_id"][idx] = model.encoder.id_forward(x0).cpu().numpy()
-                arr["z_lnd"][idx] = model.encoder.lnd_forward(x0).cpu().numpy()
+                rows = kept[(kept >= start) & (kept < seen)]
+                if rows.size:  # frames without the face get no crop and no features
+                    frames = np.stack([chunk[i - start].rgb for i in rows])
+                    crops = cut_crops(frames, alignment.quads[rows], size, factor)
+                    arr["crops"].put(rows, crops)
+                    x0 = crops_to_tensor(crops, opts.device)
+                    arr["z_id"].put(rows, model.encoder.id_forward(x0).cpu().numpy())
+                    arr["z_lnd"].put(rows, model.encoder.lnd_forward(x0).cpu().numpy())
                 adv(len(chunk))
             if seen != n:
                 raise InputError(f"{video}: the crop pass decoded {seen} frames but {n} were probed; the file may be damaged")
-        z_mean = torch.from_numpy(np.asarray(arr["z_id"], dtype=np.float64).mean(0).astype(np.float32)).to(opts.device)
-        with times.stage("encode (inversion)"), progress_bar("invert", n, quiet=opts.quiet, unit="frame") as adv, torch.no_grad():
-            for idx in _batches(n, opts.batch_size):
-                run, keep = _with_context(idx, n, opts.temporal_window)
-                x0 = crops_to_tensor(arr["crops"][run], opts.device)
-                z_face = model.encoder.fuse(z_mean[None], torch.from_numpy(np.array(arr["z_lnd"][run])).to(opts.device))
+        z_mean = torch.from_numpy(mean_identity(arr["z_id"][:], present)).to(opts.device)
+        with times.stage("encode (inversion)"), progress_bar("invert", kept.size, quiet=opts.quiet, unit="frame") as adv, torch.no_grad():
+            for batch in plan_batches(present, opts.batch_size, opts.temporal_window):
+                x0 = crops_to_tensor(arr["crops"].take(batch.run), opts.device)
+                z_lnd = torch.from_numpy(arr["z_lnd"].take(batch.run)).to(opts.device)
+                z_face = model.encoder.fuse(z_mean[None], z_lnd)
                 x_T = opts.sampler.encode(lambda x, t: eps_model(x, t, z_face), x0)
-                arr["x_T"][idx] = x_T[keep].cpu().numpy()
-                adv(idx.stop - idx.start)
+                arr["x_T"].put(batch.frames, x_T[torch.from_numpy(batch.keep)].cpu().numpy())
+                adv(batch.frames.size)
         folder = writer.commit()
     except BaseException:
         writer.abort()
@@ -234,17 +290,48 @@ def encode_video(
     return encoding, info, False
 
 
-def _alpha_masks(weights: LoadedWeights, enc: Encoding, idx: slice, x0: torch.Tensor, opts: PipelineOptions) -> np.ndarray:
-    """Feathered paste-back alpha per crop: the face parser's mask, or the landmark hull."""
+def _frame_list(frames: np.ndarray, limit: int = 4) -> str:
+    """'3-8, 40-52' for the runs of the given frame indices (the first `limit` runs)."""
+    mask = np.zeros(int(frames.max()) + 1, dtype=bool)
+    mask[frames] = True
+    runs = present_runs(mask)
+    text = ", ".join(f"{r.start}" if r.stop - r.start == 1 else f"{r.start}-{r.stop - 1}" for r in runs[:limit])
+    return text + (", ..." if len(runs) > limit else "")
+
+
+def alignment_notes(alignment, opts: PipelineOptions) -> list[str]:
+    """What the user should know about the face track: several faces, bridged misses, absences."""
+    notes = []
+    n = alignment.num_frames
+    if alignment.max_faces_seen > 1:
+        notes.append(f"up to {alignment.max_faces_seen} faces per frame; editing the one chosen by --face {opts.face}")
+    bridged = np.flatnonzero(alignment.present & ~alignment.detected)
+    if bridged.size:
+        notes.append(
+            f"the detector missed the face in {bridged.size} of {n} frames ({_frame_list(bridged)}) and a second, "
+            "more sensitive look found it there; those frames are edited with interpolated landmarks"
+        )
+    absent = np.flatnonzero(~alignment.present)
+    if absent.size:
+        notes.append(f"no face in {absent.size} of {n} frames ({_frame_list(absent)}); they are passed through unchanged")
+    for frame in alignment.reacquired:
+        notes.append(f"the face was chosen again at frame {frame} after an absence; check that it is the same person")
+    return notes
+
+
+def _alpha_masks(weights: LoadedWeights, enc: Encoding, frames: np.ndarray, x0: torch.Tensor, opts: PipelineOptions) -> np.ndarray:
+    """Feathered paste-back alpha per crop (the face parser's mask, or the landmark hull), faded
+    next to frames without the face (`fade_weights`)."""
     size = weights.config.image_size
     use_parser = opts.mask == "parser" or (opts.mask == "auto" and not weights.is_demo)
     if use_parser:
         with torch.no_grad():
             masks = weights.model.encoder.face_mask(x0, for_video=True)[:, 0].cpu().numpy()
     else:
-        masks = face_masks_in_crops(enc.landmarks[idx], enc.quads[idx], size)
+        masks = face_masks_in_crops(enc.landmarks[frames], enc.quads[frames], size)
     width = opts.feather_px * size / 256
-    return np.stack([feather(m, width) for m in masks]).astype(np.float32)
+    fade = fade_weights(enc.present)[frames]
+    return np.stack([feather(m, width) * w for m, w in zip(masks, fade)]).astype(np.float32)
 
 
 def decode_and_paste(
@@ -257,31 +344,41 @@ def decode_and_paste(
     z_id: torch.Tensor,
     opts: PipelineOptions,
     times: StageTimes,
+    writer_options: dict | None = None,
 ) -> Path:
-    """Decode every frame from its own x_T with the one edited identity, paste back, write with audio."""
-    model, size, n = weights.model, weights.config.image_size, enc.num_frames
+    """Decode every frame with the face from its own x_T with the one edited identity, paste back,
+    and write with audio; frames without the face are written exactly as decoded."""
+    model, n = weights.model, enc.num_frames
     width = info.width * (2 if opts.side_by_side else 1)
-    hom = crop_homography(np.asarray(enc.quads), size)
-    writer = VideoWriter(output, like=info, width=width, height=info.height, crf=opts.crf, audio_from=video)
+    hom = crop_homography(np.asarray(enc.quads), weights.config.image_size)
+    by_chunk: dict[int, list[FrameBatch]] = {}
+    for batch in plan_batches(enc.present, opts.batch_size, opts.temporal_window):
+        by_chunk.setdefault(int(batch.frames[0]) // opts.batch_size, []).append(batch)
+    z_id = z_id[None].to(opts.device)
+    writer = VideoWriter(output, like=info, width=width, height=info.height, crf=opts.crf, audio_from=video,
+                         **(writer_options or {}))
     with writer, progress_bar("decode + paste", n, quiet=opts.quiet, unit="frame") as adv, torch.no_grad():
         for chunk in iter_frames(video, chunk=opts.batch_size):
-            idx = slice(chunk[0].index, chunk[-1].index + 1)
-            if idx.stop > n:
+            start = chunk[0].index
+            if chunk[-1].index >= n:
                 raise InputError(f"{video}: decoded more frames than the {n} that were encoded; the file may be damaged")
-            with times.stage("decode"):
-                run, keep = _with_context(idx, n, opts.temporal_window)
-                x0 = crops_to_tensor(enc.crops[idx], opts.device)
-                z_lnd = torch.from_numpy(np.array(enc.z_lnd[run])).to(opts.device)
-                z_face = model.encoder.fuse(z_id[None].to(opts.device), z_lnd)
-                x_T = torch.from_numpy(np.array(enc.x_T[run])).to(opts.device)
-                edited = tensor_to_crops(opts.sampler.decode(lambda x, t: eps_model(x, t, z_face), x_T)[keep])
-            with times.stage("paste"):
-                alpha = _alpha_masks(weights, enc, idx, x0, opts)
-                frames = np.stack([f.rgb for f in chunk])
-                pasted = paste_back(frames, edited, alpha, hom[idx])
+            out = [f.rgb for f in chunk]  # frames without the face stay exactly as decoded
+            for batch in by_chunk.get(start // opts.batch_size, []):
+                with times.stage("decode"):
+                    x0 = crops_to_tensor(enc.crops.take(batch.frames), opts.device)
+                    z_face = model.encoder.fuse(z_id, torch.from_numpy(enc.z_lnd[batch.run]).to(opts.device))
+                    x_T = torch.from_numpy(enc.x_T.take(batch.run)).to(opts.device)
+                    decoded = opts.sampler.decode(lambda x, t: eps_model(x, t, z_face), x_T)
+                    edited = tensor_to_crops(decoded[torch.from_numpy(batch.keep)])
+                with times.stage("paste"):
+                    alpha = _alpha_masks(weights, enc, batch.frames, x0, opts)
+                    frames = np.stack([out[i - start] for i in batch.frames])
+                    for i, pasted in zip(batch.frames, paste_back(frames, edited, alpha, hom[batch.frames])):
+                        out[i - start] = pasted
             with times.stage("write"):
-                for f, out in zip(chunk, pasted):
-                    rgb = np.concatenate([f.rgb, out], axis=1) if opts.side_by_side else out
+                for f, rgb in zip(chunk, out):
+                    if opts.side_by_side:
+                        rgb = np.concatenate([f.rgb, rgb], axis=1)
                     writer.write(replace(f, rgb=np.ascontiguousarray(rgb)))
             adv(len(chunk))
         if writer.frames_written != n:

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable
 
 import av
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 # dlib's HOG detector box for the astronaut's face in the 512x512 image: (x0, y0, x1, y1).
 ASTRONAUT_FACE_BOX = (175.0, 76.0, 265.0, 166.0)
@@ -73,6 +74,8 @@ class FaceScene:
     faces: int = 1
     face_scale: float = 0.4
     motion: str = "sway"
+    hidden: frozenset[int] = frozenset()  # frames drawn without any face (the person left the shot)
+    blurred: frozenset[int] = frozenset()  # frames blurred (radius 5 px) as by fast motion: a detector misses them
 
     def __post_init__(self) -> None:
         if self.width < 8 or self.height < 8:
@@ -101,7 +104,7 @@ class FaceScene:
     def face_boxes(self, index: int) -> list[tuple[float, float, float, float]]:
         """Where each face is in frame `index`: axis-aligned (x0, y0, x1, y1), ground truth for detectors."""
         boxes = []
-        for face in range(self.faces):
+        for face in range(0 if index in self.hidden else self.faces):
             cx, cy, side, _ = self.pose(index, face)
             boxes.append((cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
         return boxes
@@ -122,7 +125,7 @@ class FaceScene:
         head = _head_cutout()
         sx, sy = _face_center_in_source()
         face_side = ASTRONAUT_FACE_BOX[2] - ASTRONAUT_FACE_BOX[0]
-        for face in range(self.faces):
+        for face in range(0 if index in self.hidden else self.faces):
             cx, cy, side, angle = self.pose(index, face)
             zoom = side / face_side  # output px per source px
             theta = math.radians(angle)
@@ -135,7 +138,10 @@ class FaceScene:
             )  # fmt: skip
             layer = head.transform((self.width, self.height), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR)
             canvas.alpha_composite(layer)
-        return np.asarray(canvas.convert("RGB"))
+        image = canvas.convert("RGB")
+        if index in self.blurred:
+            image = image.filter(ImageFilter.GaussianBlur(5))
+        return np.asarray(image)
 
 
 def vfr_durations(frames: int, fps: Fraction, time_base: Fraction) -> list[int]:
@@ -158,6 +164,8 @@ def make_face_video(
     faces: int = 1,
     face_scale: float = 0.4,
     crf: int = 16,
+    hidden_frames: Iterable[int] = (),
+    blurred_frames: Iterable[int] = (),
 ) -> Path:
     """Write a synthetic face video to `path` (any FFmpeg container by extension) and return it.
 
@@ -166,8 +174,12 @@ def make_face_video(
     them back clockwise, like a phone held upright; a correct reader shows the upright scene.
     `vfr` gives irregular timestamps. Odd sizes are encoded as H.264 4:4:4, which allows them.
     The audio is a 440/660 Hz stereo AAC tone lasting exactly as long as the video.
+    `hidden_frames` are drawn as background only, as when the person leaves the shot;
+    `blurred_frames` are blurred as by fast motion, so a detector may miss the face there.
     """
-    scene = FaceScene(width=size[0], height=size[1], frames=frames, faces=faces, face_scale=face_scale, motion=motion)
+    scene = FaceScene(width=size[0], height=size[1], frames=frames, faces=faces, face_scale=face_scale,
+                      motion=motion, hidden=frozenset(int(i) for i in hidden_frames),
+                      blurred=frozenset(int(i) for i in blurred_frames))
     return _write_scene(path, scene, fps=fps, audio=audio, rotation_meta=rotation_meta, vfr=vfr, crf=crf)
 
 

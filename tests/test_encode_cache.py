@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +17,8 @@ from fvedit.encode_cache import EncodingWriter, RowFile, encoding_key, load_enco
 SHAPES = {
     "quads": ((5, 4, 2), np.float64),
     "landmarks": ((5, 68, 2), np.float64),
+    "present": ((5,), np.bool_),
+    "detected": ((5,), np.bool_),
     "crops": ((5, 8, 8, 3), np.uint8),
     "z_id": ((5, 16), np.float32),
     "z_lnd": ((5, 102), np.float32),
@@ -34,6 +41,20 @@ def test_rowfile_round_trip_matches_numpy(tmp_path):
         ro[::2]
 
 
+def test_rowfile_take_and_put_by_index(tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.standard_normal((9, 2, 3)).astype(np.float32)
+    rf = RowFile.create(tmp_path / "c.npy", data.shape, data.dtype)
+    rows = np.array([0, 1, 2, 5, 7, 8])  # three runs
+    rf.put(rows, data[rows])
+    got = np.load(tmp_path / "c.npy")
+    assert np.array_equal(got[rows], data[rows]) and not got[[3, 4, 6]].any()
+    assert np.array_equal(rf.take([8, 2, 3][1:]), got[[2, 3]])
+    assert np.array_equal(rf.take(rows), data[rows]) and rf.take([]).shape == (0, 2, 3)
+    with pytest.raises(IndexError):
+        rf.take([3, 1])
+
+
 def test_truncated_rowfile_is_rejected(tmp_path):
     rf = RowFile.create(tmp_path / "b.npy", (4, 10), np.float32)
     rf.close()
@@ -43,11 +64,15 @@ def test_truncated_rowfile_is_rejected(tmp_path):
         RowFile(tmp_path / "b.npy")
 
 
+PRESENT = np.array([True, True, False, True, False])
+
+
 def _write(cache, key, seed=0):
     rng = np.random.default_rng(seed)
     w = EncodingWriter(cache, key, {"frames": 5}, SHAPES)
     for name, (shape, dtype) in SHAPES.items():
         w.arrays[name][:] = (rng.random(shape) * 200).astype(dtype)
+    w.arrays["present"][:] = PRESENT
     return w.commit()
 
 
@@ -56,7 +81,10 @@ def test_commit_load_and_checksums(tmp_path):
     folder = _write(tmp_path, key)
     enc = load_encoding(tmp_path, key)
     assert enc is not None and enc.num_frames == 5 and enc.x_T[1:3].shape == (2, 3, 8, 8)
-    assert np.allclose(enc.z_id_mean, enc.z_id.astype(np.float64).mean(0))
+    assert enc.present.tolist() == PRESENT.tolist() and enc.present_frames.tolist() == [0, 1, 3]
+    # the representative identity averages only the frames that have the face
+    assert np.allclose(enc.z_id_mean, enc.z_id[PRESENT].astype(np.float64).mean(0))
+    assert not np.allclose(enc.z_id_mean, enc.z_id.astype(np.float64).mean(0))
     assert not list(tmp_path.glob(".*partial*"))
     (folder / "crops.npy").write_bytes((folder / "crops.npy").read_bytes()[:-1] + b"\x07")
     assert load_encoding(tmp_path, key) is None and not folder.exists()  # corrupt: removed, rebuilt later
@@ -75,3 +103,52 @@ def test_abort_leaves_nothing(tmp_path):
     w = EncodingWriter(tmp_path, "k", {"frames": 5}, SHAPES)
     w.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def _killed_writer(cache, key) -> int:
+    """A child process that starts an encoding, then dies by SIGKILL mid-way; returns its pid."""
+    code = (
+        "import sys, time, numpy as np; from pathlib import Path; from fvedit.encode_cache import EncodingWriter; "
+        f"w = EncodingWriter(Path({str(cache)!r}), {key!r}, {{'frames': 5}}, {{'x_T': ((5, 3), np.float32)}}); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    return child.pid
+
+
+def test_next_run_removes_what_a_killed_run_left(tmp_path):
+    pid = _killed_writer(tmp_path, "dead")
+    leftovers = list(tmp_path.glob(".dead.partial-*"))
+    assert len(leftovers) == 1 and f"-{pid}-" in leftovers[0].name
+    EncodingWriter(tmp_path, "other", {"frames": 5}, SHAPES).abort()  # the next run, not a day later
+    assert not list(tmp_path.glob(".dead.partial-*"))
+
+
+def test_a_live_run_keeps_its_partial(tmp_path):
+    code = (
+        "import time, numpy as np; from pathlib import Path; from fvedit.encode_cache import EncodingWriter; "
+        f"w = EncodingWriter(Path({str(tmp_path)!r}), 'live', {{'frames': 5}}, {{'x_T': ((5, 3), np.float32)}}); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        EncodingWriter(tmp_path, "other", {"frames": 5}, SHAPES).abort()
+        assert len(list(tmp_path.glob(".live.partial-*"))) == 1
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_old_unowned_partials_still_age_out(tmp_path):
+    old = tmp_path / ".k.partial-abcd"  # the name of an fvedit before owned partials
+    old.mkdir()
+    EncodingWriter(tmp_path, "x", {"frames": 5}, SHAPES).abort()
+    assert old.exists()
+    stale = time.time() - 2 * EncodingWriter.STALE_SECONDS
+    os.utime(old, (stale, stale))
+    EncodingWriter(tmp_path, "x", {"frames": 5}, SHAPES).abort()
+    assert not old.exists()

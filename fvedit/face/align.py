@@ -25,7 +25,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from fvedit.errors import InputError
 from fvedit.face.detect import FaceDetector, check_frame
-from fvedit.face.track import DEFAULT_MAX_GAP, DEFAULT_MIN_RELATIVE_SCORE, Selection, track_faces
+from fvedit.face.track import DEFAULT_MAX_GAP, DEFAULT_MIN_RELATIVE_SCORE, Selection, nearest_known, present_runs, track_faces
 
 OFFICIAL_SIGMAS = (1.0, 3.0)  # frames: (centre c, half-axes x and y), as in the official scripts
 OFFICIAL_CROP_SIZE = 1024
@@ -102,12 +102,29 @@ def quads_from_params(c: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray
     return np.stack([c - x - y, c - x + y, c + x + y, c + x - y], axis=-2)
 
 
-def compute_quads(landmarks: np.ndarray, sigmas: tuple[float, float] = OFFICIAL_SIGMAS) -> np.ndarray:
-    """Smoothed quads [N, 4, 2] for landmarks [N, 68, 2] (the official per-video recipe)."""
-    c, x, y = quad_from_landmarks(landmarks)
-    if c.ndim != 2:
+def compute_quads(
+    landmarks: np.ndarray, sigmas: tuple[float, float] = OFFICIAL_SIGMAS, present: np.ndarray | None = None
+) -> np.ndarray:
+    """Smoothed quads [N, 4, 2] for landmarks [N, 68, 2] (the official per-video recipe).
+
+    With `present` (bool [N]) each run of frames that have the face is smoothed on its own, as
+    if it were a clip of its own, so frames without the face never leak into the quads; those
+    frames copy the nearest present frame's quad (they are never cropped or pasted).
+    """
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.ndim != 3:
         raise InputError("compute_quads needs landmarks of shape [N, 68, 2]")
-    return quads_from_params(*smooth_quad_params(c, x, y, sigmas))
+    if present is None or np.all(present):
+        return quads_from_params(*smooth_quad_params(*quad_from_landmarks(lm), sigmas))
+    present = np.asarray(present, dtype=bool)
+    if present.shape != lm.shape[:1] or not present.any():
+        raise InputError(f"present must be a bool [N] mask with at least one frame, got shape {present.shape}")
+    quads = np.zeros(lm.shape[:1] + (4, 2), dtype=np.float64)
+    for run in present_runs(present):
+        quads[run] = quads_from_params(*smooth_quad_params(*quad_from_landmarks(lm[run]), sigmas))
+    absent = np.flatnonzero(~present)
+    quads[absent] = quads[nearest_known(present)[absent]]
+    return quads
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,18 +307,22 @@ def official_crop_1024(frame: np.ndarray, quad: np.ndarray, *, model_size: int |
 class Alignment:
     """Everything the crop and paste-back passes need, for N frames.
 
-    quads [N, 4, 2] (smoothed), homographies [N, 3, 3] (crop of `size` -> frame), landmarks
-    [N, 68, 2] (detected, interpolated where `detected` is False), detected bool [N],
-    faces_seen int64 [N] (confident faces the detector reported per frame; > 1 means a
-    face was chosen among several).
+    quads [N, 4, 2] (smoothed per run of frames with the face), homographies [N, 3, 3] (crop of
+    `size` -> frame), landmarks [N, 68, 2], detected bool [N] (the detector found the face),
+    present bool [N] (the face is there: detected or a confirmed, bridged miss; frames without
+    it are passed through unedited, and their quads and landmarks are placeholders),
+    faces_seen int64 [N] (confident faces the detector reported per frame; > 1 means a face was
+    chosen among several), reacquired (frames where the face was chosen again after an absence).
     """
 
     quads: np.ndarray
     homographies: np.ndarray
     landmarks: np.ndarray
     detected: np.ndarray
+    present: np.ndarray
     faces_seen: np.ndarray
     size: int
+    reacquired: tuple[int, ...] = ()
 
     @property
     def num_frames(self) -> int:
@@ -311,6 +332,14 @@ class Alignment:
     def max_faces_seen(self) -> int:
         return int(self.faces_seen.max()) if self.faces_seen.size else 0
 
+    @property
+    def num_bridged(self) -> int:
+        return int((self.present & ~self.detected).sum())
+
+    @property
+    def num_absent(self) -> int:
+        return int((~self.present).sum())
+
     def homographies_for(self, size: int) -> np.ndarray:
         """The crop -> frame maps for another crop size (e.g. 1024 for the official crop)."""
         return crop_homography(self.quads, size)
@@ -318,7 +347,8 @@ class Alignment:
     def save(self, path: str | Path) -> None:
         np.savez(
             Path(path), quads=self.quads, homographies=self.homographies, landmarks=self.landmarks,
-            detected=self.detected, faces_seen=self.faces_seen, size=np.int64(self.size),
+            detected=self.detected, present=self.present, faces_seen=self.faces_seen, size=np.int64(self.size),
+            reacquired=np.asarray(self.reacquired, dtype=np.int64),
         )
 
     @classmethod
@@ -327,7 +357,8 @@ class Alignment:
             with np.load(Path(path)) as d:
                 return cls(
                     quads=d["quads"], homographies=d["homographies"], landmarks=d["landmarks"],
-                    detected=d["detected"], faces_seen=d["faces_seen"], size=int(d["size"]),
+                    detected=d["detected"], present=d["present"], faces_seen=d["faces_seen"],
+                    size=int(d["size"]), reacquired=tuple(int(i) for i in d["reacquired"]),
                 )
         except (OSError, KeyError, ValueError) as err:
             raise InputError(f"cannot read alignment file {path}: {err}") from None
@@ -340,11 +371,11 @@ def align_video(
     size: int = MODEL_SIZE,
     select: Selection = "largest",
     sigmas: tuple[float, float] = OFFICIAL_SIGMAS,
-    max_gap: int | None = DEFAULT_MAX_GAP,
+    max_gap: int = DEFAULT_MAX_GAP,
     min_relative_score: float = DEFAULT_MIN_RELATIVE_SCORE,
     source: str = "the video",
 ) -> Alignment:
-    """Detect, track, smooth: one streaming pass over `frames` (no frame is kept).
+    """Detect, track, smooth: one streaming pass over `frames` (only a pending gap's frames are held).
 
     The crops themselves are cut later, in a second pass, by the pixel kernels using
     `homographies` (or `warp_crop_reference`). Default detector: `DlibDetector()`. `select`,
@@ -358,12 +389,14 @@ def align_video(
         frames, detector=detector, select=select, max_gap=max_gap,
         min_relative_score=min_relative_score, source=source,
     )
-    quads = compute_quads(track.landmarks, sigmas)
+    quads = compute_quads(track.landmarks, sigmas, track.present)
     return Alignment(
         quads=quads,
         homographies=crop_homography(quads, size),
         landmarks=track.landmarks,
         detected=track.detected,
+        present=track.present,
         faces_seen=track.faces_seen,
         size=int(size),
+        reacquired=track.reacquired,
     )

@@ -1,11 +1,22 @@
 """Follow one person's face through a video, one pass, keeping only landmarks and boxes.
 
 The official DVA script takes dlib's first detection on every frame and aborts on the first
-frame without a face. Here the face is chosen once (on the first frame that has faces),
-followed by box overlap / centre distance, and short detection gaps are bridged by linear
-interpolation of the landmarks (the nearest detection is held before the first and after
-the last one). Gaps longer than `max_gap` frames are an error, since a quad guessed over a
-long stretch would paste a face where there is none.
+frame without a face. Here the face is chosen once (on the first frame that has faces) and
+followed by box overlap / centre distance. A frame where the followed face is not detected is
+one of two things, and telling them apart is what keeps fvedit from inventing faces:
+
+- a *detection miss* (motion blur, a hand, a turned head): the face is there. Each frame of a
+  run of at most `max_gap` missing frames is re-checked where the face should be, with the
+  detector's more sensitive `detect_near` (full resolution, lower threshold) plus the landmark
+  fit. Frames where the face is confirmed are *bridged*: inside the video their landmarks are
+  interpolated between the detections around the gap (smoother than a low-threshold fit); at
+  the video's ends, where only one side is known, the re-check's own fit is used.
+- an *absence* (the person left the shot, a cutaway): nothing is confirmed, or the run is
+  longer than `max_gap`. Those frames are not edited at all; the pipeline writes them as they
+  were decoded. After a long absence the face is chosen again with the same rule.
+
+Only frames of a pending run are held (at most `max_gap + 1` frames), so memory stays bounded
+whatever the video's length.
 """
 
 from __future__ import annotations
@@ -17,31 +28,38 @@ from typing import Union
 import numpy as np
 
 from fvedit.errors import InputError
-from fvedit.face.detect import Face, FaceDetector
+from fvedit.face.detect import Box, Face, FaceDetector
 
 # "largest" | "first" (official: the detector's first face) | index (left to right) | (x, y) point
 Selection = Union[str, int, tuple[float, float]]
 
 DEFAULT_MAX_GAP = 25  # frames: about one second of video
 DEFAULT_MIN_RELATIVE_SCORE = 0.3  # a face counts if it scores >= 0.3x the frame's best
+MAX_CONFIRM_SHIFT = 0.5  # a re-checked face's landmarks must centre within 0.5 face sizes of the expected box
+MAX_CONFIRM_SCALE = 1.5  # ... and their size stay within this factor of the expected one
 
 
 @dataclass
 class Track:
     """One face through N frames.
 
-    landmarks: float64 [N, 68, 2], detections where `detected`, interpolated/held elsewhere.
+    landmarks: float64 [N, 68, 2]: detections where `detected`, bridged where `present` only;
+        on absent frames the nearest present frame's values are held (never used for pixels).
     boxes: float64 [N, 4] (x0, y0, x1, y1), filled the same way.
     detected: bool [N], whether the followed face was detected on that frame.
+    present: bool [N], whether the face is there: detected, or a miss confirmed by the re-check.
     faces_seen: int64 [N], how many (confident) faces the detector reported on each frame.
     first_frame: the frame on which the face was selected.
+    reacquired: frames where the face was chosen again after a long absence.
     """
 
     landmarks: np.ndarray
     boxes: np.ndarray
     detected: np.ndarray
+    present: np.ndarray
     faces_seen: np.ndarray
     first_frame: int
+    reacquired: tuple[int, ...] = ()
 
     @property
     def num_frames(self) -> int:
@@ -54,8 +72,18 @@ class Track:
 
     @property
     def num_missing(self) -> int:
-        """Frames where the followed face was not detected (interpolated or held)."""
+        """Frames where the followed face was not detected (bridged or absent)."""
         return int((~self.detected).sum())
+
+    @property
+    def num_bridged(self) -> int:
+        """Detection misses where the re-check confirmed the face."""
+        return int((self.present & ~self.detected).sum())
+
+    @property
+    def num_absent(self) -> int:
+        """Frames without the face: they are passed through unchanged."""
+        return int((~self.present).sum())
 
 
 def parse_selection(text: str) -> Selection:
@@ -187,25 +215,192 @@ def match_face(
     return best
 
 
-def _fill_missing(values: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Linear interpolation over frames where `known` is False; hold the nearest at the ends."""
+def _fill_from(values: np.ndarray, known: np.ndarray, *, interpolate: bool) -> np.ndarray:
+    """Values on every frame from those where `known`: linear in time, or copied from the nearest.
+
+    Either way frames before the first / after the last known one copy it (np.interp holds ends).
+    """
     n = values.shape[0]
     idx = np.flatnonzero(known)
     flat = values.reshape(n, -1)
-    out = flat.copy()
     frames = np.arange(n)
-    for k in range(flat.shape[1]):
-        out[:, k] = np.interp(frames, idx, flat[idx, k])  # np.interp holds the end values
+    if interpolate:
+        out = np.stack([np.interp(frames, idx, flat[idx, k]) for k in range(flat.shape[1])], axis=1)
+    else:
+        out = flat[nearest_known(known)]
     return out.reshape(values.shape)
 
 
-def _gap_error(start: int, end: int, max_gap: int, where: str) -> InputError:
-    n = end - start + 1
-    return InputError(
-        f"the selected face was lost for {n} consecutive frames (frames {start}-{end}) of {where}, "
-        f"more than the {max_gap} that can be bridged; trim the video, choose another face, "
-        "or allow longer gaps"
-    )
+def nearest_known(known: np.ndarray) -> np.ndarray:
+    """For every frame, the index of the nearest frame where `known` is True (the earlier on ties)."""
+    idx = np.flatnonzero(known)
+    frames = np.arange(len(known))
+    pos = np.searchsorted(idx, frames)
+    right = idx[np.minimum(pos, len(idx) - 1)]
+    left = idx[np.maximum(pos - 1, 0)]
+    return np.where(np.abs(frames - left) <= np.abs(right - frames), left, right)
+
+
+def present_runs(present: np.ndarray) -> list[slice]:
+    """The maximal runs of consecutive True frames, in order, as slices."""
+    mask = np.asarray(present, dtype=bool)
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], mask, [False]]).astype(np.int8)))
+    return [slice(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2])]
+
+
+def _lerp_box(a: Box, b: Box, w: float) -> Box:
+    return tuple((1 - w) * p + w * q for p, q in zip(a, b))  # type: ignore[return-value]
+
+
+def confirm_face(candidates: Sequence[Face], expected: Box) -> Face | None:
+    """The re-checked face that continues the track at `expected`, if its landmark fit agrees.
+
+    A candidate must match the expected box as a next-frame detection would (`match_face`), and
+    its 68 fitted landmarks must span a face where the box says: their centre within
+    MAX_CONFIRM_SHIFT face sizes of the box centre, their extent within a factor
+    MAX_CONFIRM_SCALE of the box size. A shape predictor forced into a box on background
+    collapses or spills out, and fails this.
+    """
+    reference = Face(box=tuple(float(v) for v in expected), score=1.0, landmarks68=np.zeros((68, 2)))
+    face = match_face(candidates, reference, 1)
+    if face is None:
+        return None
+    lm = np.asarray(face.landmarks68, dtype=np.float64)
+    low, high = lm.min(axis=0), lm.max(axis=0)
+    extent = float(np.sqrt(max((high - low).prod(), 0.0)))
+    size = max(reference.size, 1.0)
+    if float(np.hypot(*((low + high) / 2 - reference.center))) > MAX_CONFIRM_SHIFT * size:
+        return None
+    if not (1.0 / MAX_CONFIRM_SCALE <= extent / size <= MAX_CONFIRM_SCALE):
+        return None
+    return face
+
+
+@dataclass
+class _Gap:
+    """A run of frames where the followed face was not detected, with their pixels for the re-check."""
+
+    frames: list[tuple[int, np.ndarray | None]]
+    overflow: bool = False  # longer than max_gap: an absence, never bridged
+
+
+class _Tracker:
+    """The state of one pass (see `track_faces`)."""
+
+    def __init__(self, detector, select: Selection, max_gap: int, min_relative_score: float):
+        self.detector = detector
+        self.can_recheck = detector is not None and callable(getattr(detector, "detect_near", None))
+        self.select, self.max_gap, self.min_relative_score = select, max_gap, min_relative_score
+        self.landmarks: list[np.ndarray | None] = []
+        self.boxes: list[Box | None] = []
+        self.bridged: dict[int, Face | None] = {}  # frame -> re-check fit (None: interpolate)
+        self.faces_seen: list[int] = []
+        self.last: Face | None = None
+        self.last_index = -1
+        self.first_frame = -1
+        self.reacquired: list[int] = []
+        self.gap = _Gap([])
+
+    def add(self, i: int, faces: list[Face], frame: np.ndarray | None) -> None:
+        self.faces_seen.append(len(confident_faces(faces, self.min_relative_score)))
+        long_absence = self.last is not None and i - self.last_index > self.max_gap + 1
+        if self.last is None or long_absence:
+            chosen = self._select(faces, i, strict=self.last is None)
+            if chosen is not None and self.last is None:
+                self.first_frame = i
+            elif chosen is not None:
+                self.reacquired.append(i)
+        else:
+            chosen = match_face(faces, self.last, i - self.last_index)
+        if chosen is None:
+            self.landmarks.append(None)
+            self.boxes.append(None)
+            self._hold(i, frame)
+            return
+        self._close_gap(after=chosen)
+        self.landmarks.append(np.asarray(chosen.landmarks68, dtype=np.float64))
+        self.boxes.append(tuple(float(v) for v in chosen.box))
+        self.last, self.last_index = chosen, i
+
+    def _select(self, faces: list[Face], i: int, *, strict: bool) -> Face | None:
+        """The face the selection rule picks; after an absence a rule that fits no face finds none."""
+        if not faces:
+            return None
+        try:
+            return select_face(faces, self.select, i, min_relative_score=self.min_relative_score)
+        except InputError:
+            if strict:
+                raise
+            return None
+
+    def _hold(self, i: int, frame: np.ndarray | None) -> None:
+        """Keep a missing frame for the re-check until the gap is known to be short."""
+        gap = self.gap
+        if gap.overflow:
+            return
+        gap.frames.append((i, frame if self.can_recheck else None))
+        if len(gap.frames) > self.max_gap:
+            gap.frames.clear()
+            gap.overflow = True  # a long absence: drop the pixels, pass the frames through
+
+    def _close_gap(self, after: Face | None) -> None:
+        """Re-check the pending gap between `self.last` and `after` (either may be None)."""
+        gap, self.gap = self.gap, _Gap([])
+        if gap.overflow or not gap.frames or not self.can_recheck:
+            return
+        before = self.last if (self.last is not None and gap.frames[0][0] == self.last_index + 1) else None
+        if before is None and after is None:
+            return
+        start, stop = gap.frames[0][0] - 1, gap.frames[-1][0] + 1
+        for i, frame in gap.frames:
+            if before is not None and after is not None:
+                expected = _lerp_box(before.box, after.box, (i - start) / (stop - start))
+            else:
+                expected = (before or after).box
+            face = confirm_face(self.detector.detect_near(frame, expected), expected)
+            if face is not None:
+                # interior gaps are interpolated; at the ends only the re-check's fit is known
+                self.bridged[i] = None if (before is not None and after is not None) else face
+
+    def finish(self, source: str) -> Track:
+        self._close_gap(after=None)
+        n = len(self.landmarks)
+        if n == 0:
+            raise InputError(f"{source} has no frames")
+        if self.last is None:
+            raise InputError(f"no face found in any frame of {source}")
+        detected = np.array([lm is not None for lm in self.landmarks], dtype=bool)
+        lm_arr = np.zeros((n, 68, 2), dtype=np.float64)
+        box_arr = np.zeros((n, 4), dtype=np.float64)
+        for i in np.flatnonzero(detected):
+            lm = self.landmarks[i]
+            if lm.shape != (68, 2):
+                raise InputError(f"the detector returned landmarks of shape {lm.shape} on frame {i}; expected (68, 2)")
+            lm_arr[i], box_arr[i] = lm, self.boxes[i]
+        present = detected.copy()
+        fitted = np.zeros(n, dtype=bool)
+        for i, face in self.bridged.items():
+            present[i] = True
+            if face is not None:
+                lm_arr[i], box_arr[i], fitted[i] = face.landmarks68, face.box, True
+        if not detected.all():
+            # bridged interior frames: linear in time between detections; then the rest held
+            interp_lm = _fill_from(lm_arr, detected, interpolate=True)
+            interp_box = _fill_from(box_arr, detected, interpolate=True)
+            fill = present & ~detected & ~fitted
+            lm_arr[fill], box_arr[fill] = interp_lm[fill], interp_box[fill]
+            anchors = present
+            lm_arr = np.where(anchors[:, None, None], lm_arr, _fill_from(lm_arr, anchors, interpolate=False))
+            box_arr = np.where(anchors[:, None], box_arr, _fill_from(box_arr, anchors, interpolate=False))
+        return Track(
+            landmarks=lm_arr,
+            boxes=box_arr,
+            detected=detected,
+            present=present,
+            faces_seen=np.asarray(self.faces_seen, dtype=np.int64),
+            first_frame=self.first_frame,
+            reacquired=tuple(self.reacquired),
+        )
 
 
 def track_faces(
@@ -213,99 +408,37 @@ def track_faces(
     *,
     detector: FaceDetector | None = None,
     select: Selection = "largest",
-    max_gap: int | None = DEFAULT_MAX_GAP,
+    max_gap: int = DEFAULT_MAX_GAP,
     min_relative_score: float = DEFAULT_MIN_RELATIVE_SCORE,
     source: str = "the video",
 ) -> Track:
     """Follow one face through a stream of frames (with `detector`) or of per-frame detections.
 
-    items: RGB uint8 frames if `detector` is given, else one list of `Face` per frame. Frames
-        are detected and dropped one at a time; only landmarks and boxes are kept.
+    items: RGB uint8 frames if `detector` is given, else one list of `Face` per frame (then
+        nothing can be re-checked, so every miss counts as an absence). Frames are detected and
+        dropped one at a time; only the frames of a pending gap (at most `max_gap`) are held.
     select: 'largest' (default), 'first' (the detector's first face, as the official code),
         an index into the faces sorted left to right, or an (x, y) pixel position (the face whose
-        box contains it, else the nearest centre). Applied on the first frame that has faces.
-        With several faces and the default, the largest is taken without failing; see
-        `Track.faces_seen` to warn the user.
-    max_gap: longest run of frames (at the start, inside, or at the end) where the followed face
-        may be missing and is interpolated/held; None for no limit.
+        box contains it, else the nearest centre). Applied on the first frame that has faces,
+        and again after an absence longer than `max_gap`. With several faces and the default,
+        the largest is taken without failing; see `Track.faces_seen` to warn the user.
+    max_gap: longest run of missing frames that may be bridged, if the detector's `detect_near`
+        confirms the face on them (see the module docstring); 0 never bridges.
     min_relative_score: selection and `faces_seen` only consider faces scoring at least this
         fraction of the frame's best score (see `confident_faces`); following uses every face.
     source: how error messages name the input.
     """
     select = _check_selection(select)
-    if max_gap is not None and max_gap < 0:
-        raise InputError(f"max_gap must be >= 0 frames (or None), got {max_gap}")
-
-    landmarks: list[np.ndarray | None] = []
-    boxes: list[tuple[float, float, float, float] | None] = []
-    faces_seen: list[int] = []
-    last: Face | None = None
-    last_index = -1
-    first_frame = -1
-
-    def check_gap(end: int) -> None:
-        # Frames last_index+1 .. end are missing; fail if the run exceeds max_gap.
-        start = last_index + 1 if last is not None else 0
-        if max_gap is None or end - start + 1 <= max_gap:
-            return
-        if last is None:
-            raise InputError(
-                f"no face found in the first {end + 1} frames (frames 0-{end}) of {source}, more than the "
-                f"{max_gap} that can be bridged; trim the start of the video or allow longer gaps"
-            )
-        raise _gap_error(start, end, max_gap, source)
-
+    if isinstance(max_gap, bool) or not isinstance(max_gap, (int, np.integer)) or max_gap < 0:
+        raise InputError(f"max_gap must be a whole number of frames >= 0, got {max_gap!r}")
+    tracker = _Tracker(detector, select, int(max_gap), min_relative_score)
     for i, item in enumerate(items):
         if detector is not None:
+            frame = item
             faces = list(detector.detect(item))
         else:
             if isinstance(item, np.ndarray):
                 raise InputError("track_faces got frames but no detector; pass detector=... or per-frame face lists")
-            faces = list(item)
-        faces_seen.append(len(confident_faces(faces, min_relative_score)))
-
-        chosen: Face | None
-        if last is None:
-            chosen = select_face(faces, select, i, min_relative_score=min_relative_score) if faces else None
-            if chosen is not None:
-                first_frame = i
-        else:
-            chosen = match_face(faces, last, i - last_index)
-
-        if chosen is None:
-            landmarks.append(None)
-            boxes.append(None)
-            continue
-        if i - last_index > 1:
-            check_gap(i - 1)
-        landmarks.append(np.asarray(chosen.landmarks68, dtype=np.float64))
-        boxes.append(tuple(float(v) for v in chosen.box))
-        last, last_index = chosen, i
-
-    n = len(landmarks)
-    if n == 0:
-        raise InputError(f"{source} has no frames")
-    if last is None:
-        raise InputError(f"no face found in any frame of {source}")
-    if last_index < n - 1:
-        check_gap(n - 1)
-
-    detected = np.array([lm is not None for lm in landmarks], dtype=bool)
-    lm_arr = np.zeros((n, 68, 2), dtype=np.float64)
-    box_arr = np.zeros((n, 4), dtype=np.float64)
-    for i in np.flatnonzero(detected):
-        lm = landmarks[i]
-        if lm.shape != (68, 2):
-            raise InputError(f"the detector returned landmarks of shape {lm.shape} on frame {i}; expected (68, 2)")
-        lm_arr[i] = lm
-        box_arr[i] = boxes[i]
-    if not detected.all():
-        lm_arr = _fill_missing(lm_arr, detected)
-        box_arr = _fill_missing(box_arr, detected)
-    return Track(
-        landmarks=lm_arr,
-        boxes=box_arr,
-        detected=detected,
-        faces_seen=np.asarray(faces_seen, dtype=np.int64),
-        first_frame=first_frame,
-    )
+            frame, faces = None, list(item)
+        tracker.add(i, faces, frame)
+    return tracker.finish(source)

@@ -50,11 +50,11 @@ class MetricsReport:
     quality_size: int  # side of the aligned crops PSNR/SSIM/MS-SSIM are measured on
     ms_ssim_scales: int
     identity: IdentityMetrics
-    psnr: np.ndarray  # [N] dB, capped (identical crops score the cap)
+    psnr: np.ndarray  # [N] dB, capped (identical crops score the cap); NaN on frames without the face
     ssim: np.ndarray  # [N]
     ms_ssim: np.ndarray  # [N]
     warp_original: np.ndarray  # [N-1] error of pair (t, t+1) in the original: the flow's own residual
-    warp_edited: np.ndarray  # [N-1] the same pairs in the edit
+    warp_edited: np.ndarray  # [N-1] the same pairs in the edit (NaN unless both frames have the face)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -133,11 +133,16 @@ class MetricsReport:
 
 
 def _mean(a: np.ndarray) -> float:
-    return float(np.mean(a)) if np.size(a) else float("nan")
+    """Mean of the measured values; NaN marks frames that were not measured (no face there)."""
+    a = np.asarray(a, dtype=np.float64)
+    a = a[~np.isnan(a)]
+    return float(np.mean(a)) if a.size else float("nan")
 
 
 def _min(a: np.ndarray) -> float:
-    return float(np.min(a)) if np.size(a) else float("nan")
+    a = np.asarray(a, dtype=np.float64)
+    a = a[~np.isnan(a)]
+    return float(np.min(a)) if a.size else float("nan")
 
 
 def _lowest(values: np.ndarray, k: int, below: float = math.inf) -> list[int]:

@@ -67,8 +67,8 @@ def _lockstep(original: Path, edited: Path, chunk: int):
         yield a, b
 
 
-def _track(original: Path, n: int, size: int, detector: str, face, quiet: bool, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(quads [N, 4, 2], landmarks [N, 68, 2]) of the original video's face."""
+def _track(original: Path, n: int, size: int, detector: str, face, quiet: bool, notes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(quads [N, 4, 2], landmarks [N, 68, 2], present [N]) of the original video's face."""
     from fvedit.face.detect import make_detector
 
     with progress_bar("align", n, quiet=quiet, unit="frame") as adv:
@@ -81,12 +81,12 @@ def _track(original: Path, n: int, size: int, detector: str, face, quiet: bool, 
         alignment = align_video(frames(), make_detector(detector), size=size, select=face, sigmas=OFFICIAL_SIGMAS, source=str(original))
     if alignment.num_frames != n:
         raise InputError(f"{original}: decoded {alignment.num_frames} frames but probed {n}; the file may be damaged")
-    missing = int((~alignment.detected).sum())
-    if missing:
-        notes.append(f"no face detected in {missing} of {n} original frames; their face regions are interpolated")
+    if alignment.num_bridged:
+        notes.append(f"the detector missed the face in {alignment.num_bridged} of {n} original frames; "
+                     "a second look confirmed it and its region there is interpolated")
     if alignment.max_faces_seen > 1:
         notes.append(f"up to {alignment.max_faces_seen} faces per frame; measured the one selected by face={face!r}")
-    return alignment.quads, alignment.landmarks
+    return alignment.quads, alignment.landmarks, alignment.present
 
 
 def compute_metrics(
@@ -103,12 +103,15 @@ def compute_metrics(
     face: str | int | tuple[float, float] = "largest",
     quads: np.ndarray | None = None,
     landmarks: np.ndarray | None = None,
+    present: np.ndarray | None = None,
     quiet: bool = True,
 ) -> MetricsReport:
     """Every metric of `edited_path` against `original_path` (see the module docstring).
 
     `weights` supplies the identity net (imported or demo weights). `quads`/`landmarks`
-    ([N, 4, 2] / [N, 68, 2], e.g. from an edit's encode cache) skip the face alignment.
+    ([N, 4, 2] / [N, 68, 2], e.g. from an edit's encode cache) skip the face alignment; `present`
+    (bool [N]) says which frames have the face (default: all). Only those are measured: frames
+    without the face were passed through, so their per-frame values are NaN and leave the means.
     `region`: 'face' (landmark hull) or 'full' (whole crop for quality, whole frame for warping).
     """
     from fvedit.runtime.device import resolve_device
@@ -130,11 +133,16 @@ def compute_metrics(
     if (quads is None) != (landmarks is None):
         raise InputError("pass both quads and landmarks of the original's face, or neither")
     if quads is None:
-        quads, landmarks = _track(original, n, size, detector, face, quiet, notes)
+        quads, landmarks, present = _track(original, n, size, detector, face, quiet, notes)
     quads, landmarks = np.asarray(quads, dtype=np.float64), np.asarray(landmarks, dtype=np.float64)
     if quads.shape != (n, 4, 2) or landmarks.shape != (n, 68, 2):
         raise InputError(f"face track shapes {quads.shape} / {landmarks.shape} do not match the video's {n} frames")
-    id_factor, q_factor = supersample_factor(quads, size), supersample_factor(quads, quality_size)
+    present = np.ones(n, dtype=bool) if present is None else np.asarray(present, dtype=bool)
+    if present.shape != (n,) or not present.any():
+        raise InputError(f"the face must be present in at least one of the {n} frames (mask of shape {present.shape})")
+    if not present.all():
+        notes.append(f"measured the {int(present.sum())} of {n} frames that have the face; the others were passed through")
+    id_factor, q_factor = supersample_factor(quads[present], size), supersample_factor(quads[present], quality_size)
     id_net = weights.model.encoder.id_forward
 
     emb_o, emb_e, psnr_v, ssim_v, ms_v = [], [], [], [], []
@@ -143,33 +151,40 @@ def compute_metrics(
     prev: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
     with progress_bar("metrics", n, quiet=quiet, unit="frame") as adv, torch.no_grad():
         for chunk_o, chunk_e in _lockstep(original, edited, batch_size):
-            idx = slice(chunk_o[0].index, chunk_o[-1].index + 1)
-            fo, fe = np.stack([f.rgb for f in chunk_o]), np.stack([f.rgb for f in chunk_e])
-            for frames, store in ((fo, emb_o), (fe, emb_e)):
-                crops = cut_crops(frames, quads[idx], size, id_factor)
-                store.append(id_net(crops_to_tensor(crops, dev)).float().cpu().numpy())
+            start = chunk_o[0].index
+            rows = np.flatnonzero(present[start : chunk_o[-1].index + 1]) + start
+            if rows.size:
+                fo = np.stack([chunk_o[i - start].rgb for i in rows])
+                fe = np.stack([chunk_e[i - start].rgb for i in rows])
+                for frames, store in ((fo, emb_o), (fe, emb_e)):
+                    crops = cut_crops(frames, quads[rows], size, id_factor)
+                    store.append(id_net(crops_to_tensor(crops, dev)).float().cpu().numpy())
 
-            co = uint8_to_unit(cut_crops(fo, quads[idx], quality_size, q_factor), dev)
-            ce = uint8_to_unit(cut_crops(fe, quads[idx], quality_size, q_factor), dev)
-            mask = None
-            if region == "face":
-                mask = torch.from_numpy(face_masks_in_crops(landmarks[idx], quads[idx], quality_size)).to(dev)
-            psnr_v.append(psnr(ce, co, mask).cpu().numpy())
-            ssim_v.append(ssim(ce, co, mask).cpu().numpy())
-            ms_v.append(ms_ssim(ce, co, mask, scales=scales).cpu().numpy())
+                co = uint8_to_unit(cut_crops(fo, quads[rows], quality_size, q_factor), dev)
+                ce = uint8_to_unit(cut_crops(fe, quads[rows], quality_size, q_factor), dev)
+                mask = None
+                if region == "face":
+                    mask = torch.from_numpy(face_masks_in_crops(landmarks[rows], quads[rows], quality_size)).to(dev)
+                psnr_v.append(psnr(ce, co, mask).cpu().numpy())
+                ssim_v.append(ssim(ce, co, mask).cpu().numpy())
+                ms_v.append(ms_ssim(ce, co, mask, scales=scales).cpu().numpy())
 
-            for k, (a, b) in enumerate(zip(fo, fe)):
-                i = idx.start + k
+            for k, (a, b) in enumerate(zip((f.rgb for f in chunk_o), (f.rgb for f in chunk_e))):
+                i = start + k
                 face_region = face_mask_in_frame(landmarks[i], *a.shape[:2]) if region == "face" else None
                 if prev is not None:
-                    fw, bw = flow_fn(prev[0], a), flow_fn(a, prev[0])
-                    where = pair_mask(fw, bw, prev[2])
-                    warp_o.append(warp_error(prev[0], a, fw, where))
-                    warp_e.append(warp_error(prev[1], b, fw, where))
+                    if present[i] and present[i - 1]:
+                        fw, bw = flow_fn(prev[0], a), flow_fn(a, prev[0])
+                        where = pair_mask(fw, bw, prev[2])
+                        warp_o.append(warp_error(prev[0], a, fw, where))
+                        warp_e.append(warp_error(prev[1], b, fw, where))
+                    else:  # a pair with a passed-through frame is not measured
+                        warp_o.append(float("nan"))
+                        warp_e.append(float("nan"))
                 prev = (a, b, face_region)
             adv(len(chunk_o))
 
-    identity = identity_metrics(np.concatenate(emb_o), np.concatenate(emb_e))
+    identity = _scatter_identity(identity_metrics(np.concatenate(emb_o), np.concatenate(emb_e)), present)
     if n > 1 and not (identity.tl_original > 1e-6 and identity.tg_original > 1e-6):
         notes.append("TL-ID/TG-ID are undefined: the original's own identity cosines are not positive")
     return MetricsReport(
@@ -185,12 +200,33 @@ def compute_metrics(
         quality_size=int(quality_size),
         ms_ssim_scales=scales,
         identity=identity,
-        psnr=np.concatenate(psnr_v).astype(np.float64),
-        ssim=np.concatenate(ssim_v).astype(np.float64),
-        ms_ssim=np.concatenate(ms_v).astype(np.float64),
+        psnr=_scatter(np.concatenate(psnr_v), present),
+        ssim=_scatter(np.concatenate(ssim_v), present),
+        ms_ssim=_scatter(np.concatenate(ms_v), present),
         warp_original=np.asarray(warp_o, dtype=np.float64),
         warp_edited=np.asarray(warp_e, dtype=np.float64),
         notes=notes,
         seconds=time.perf_counter() - start,
     )
 
+
+
+def _scatter(values: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """float64 [N]: the measured values at the frames with the face, NaN elsewhere."""
+    out = np.full(present.shape, np.nan, dtype=np.float64)
+    out[present] = values
+    return out
+
+
+def _scatter_identity(idm, present: np.ndarray):
+    """Per-frame identity curves back on the video's frame axis (NaN where there is no face)."""
+    if present.all():
+        return idm
+    from dataclasses import replace
+
+    return replace(
+        idm,
+        sim_to_first_original=_scatter(idm.sim_to_first_original, present),
+        sim_to_first_edited=_scatter(idm.sim_to_first_edited, present),
+        sim_to_original=_scatter(idm.sim_to_original, present),
+    )
