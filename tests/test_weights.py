@@ -7,13 +7,20 @@ duplicated landmark features, the unused ImageNet head and the usual Lightning e
 
 from __future__ import annotations
 
+import argparse
 import collections
+import dataclasses
+import enum
 import hashlib
 import http.server
 import json
 import os
+import pickle
+import subprocess
+import sys
 import threading
 import time
+import types
 import uuid
 from pathlib import Path
 
@@ -38,6 +45,8 @@ from fvedit.weights import (
 from fvedit.weights import fetch as fetch_mod
 from fvedit.weights.cli import app
 from fvedit.weights.importer import map_official_state_dict
+from fvedit.weights.safe_pickle import global_policy
+from fvedit.weights.safetensors_writer import write_safetensors
 from fvedit.weights.store import MANIFEST_NAME, MODEL_FILE
 
 LND_FVEDIT = "encoder.lndnet.backbone.features."
@@ -58,6 +67,44 @@ class Payload:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
+
+
+class Call:
+    """Unpickling this calls `func(*args)`: how a malicious pickle runs any function it names."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return (self.func, self.args)
+
+
+class Conf:
+    """A plain config object holding whatever it is given, like the official TrainConfig."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+# The official hyper_parameters hold the official repo's own dataclasses and enums (modules
+# `templates`, `choices`), which fvedit does not have: recreated here under those names.
+class TrainMode(enum.Enum):
+    diffusion = "diffusion"
+
+
+@dataclasses.dataclass
+class ModelConf:
+    net_ch: int = 32
+    attn: tuple = (16,)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    name: str = "dva"
+    train_mode: TrainMode = TrainMode.diffusion
+    model_conf: ModelConf = dataclasses.field(default_factory=ModelConf)
+    base_dir: Path = Path("checkpoints")
+    args: argparse.Namespace = dataclasses.field(default_factory=lambda: argparse.Namespace(gpus=[0]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,11 +276,86 @@ def test_manifest_contents(official, imported):
     ckpt_entry = manifest["files"]["model.safetensors"]
     assert ckpt_entry["source"] == str(official["ckpt"].resolve())
     assert ckpt_entry["source_sha256"] == hashlib.sha256(official["ckpt"].read_bytes()).hexdigest()
-    assert "created" in manifest and "fvedit_version" in manifest
+    assert "created" not in manifest and "fvedit_version" in manifest  # no import time: reproducible
     assert any("HParams" in note for note in report.notes)  # hyper_parameters were neutralised
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]
     tensors = load_file(out / MODEL_FILE)
     assert all(t.dtype == torch.float32 for k, t in tensors.items() if not k.endswith("num_batches_tracked"))
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def _import_official(official, out: Path):
+    paths = {"latent_path": official["latent"], "classifier_path": official["classifier"]}
+    return import_dva(official["ckpt"], out_dir=out, preset="tiny", **paths)
+
+
+def test_two_imports_give_identical_files(official, imported, tmp_path):
+    """Same inputs -> byte-identical safetensors and manifest (was: random metadata order + import time)."""
+    again = _import_official(official, tmp_path / "again")
+    assert again.manifest == imported[1].manifest
+    hashes = _file_hashes(tmp_path / "again")
+    assert set(hashes) == {MANIFEST_NAME, "model.safetensors", "classifier.safetensors", "id_stats.safetensors"}
+    assert hashes == _file_hashes(imported[0])
+    for name, entry in again.manifest["files"].items():
+        assert entry["sha256"] == hashes[name]
+
+
+_IMPORT_IN_A_SUBPROCESS = (
+    "import sys; from fvedit.weights import import_dva; "
+    "import_dva(sys.argv[1], out_dir=sys.argv[2], latent_path=sys.argv[3], classifier_path=sys.argv[4], preset='tiny')"
+)
+
+
+def test_import_is_reproducible_across_processes_and_hash_seeds(official, imported, tmp_path):
+    """Two fresh interpreters with different PYTHONHASHSEED (and this one) write the same bytes."""
+    hashes = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"seed{seed}"
+        args = [str(official["ckpt"]), str(out), str(official["latent"]), str(official["classifier"])]
+        subprocess.run(
+            [sys.executable, "-c", _IMPORT_IN_A_SUBPROCESS, *args],
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+            timeout=600,
+        )
+        hashes.append(_file_hashes(out))
+    assert hashes[0] == hashes[1] == _file_hashes(imported[0])
+
+
+def test_safetensors_writer_is_order_independent_and_standard(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 3, generator=gen)
+    tensors = {
+        "b.weight": base,
+        "a.view": base[1],  # shares storage with b.weight
+        "count": torch.tensor(7),
+        "mask": torch.tensor([True, False]),
+        "half": torch.randn(5, generator=gen).half(),
+        "empty": torch.zeros(0, 2),
+    }
+    meta = {"format": "pt", "fvedit_config": '{"name": "tiny"}', "z": "1"}
+    write_safetensors(tensors, tmp_path / "a.safetensors", meta)
+    write_safetensors(dict(reversed(tensors.items())), tmp_path / "b.safetensors", dict(reversed(meta.items())))
+    data = (tmp_path / "a.safetensors").read_bytes()
+    assert data == (tmp_path / "b.safetensors").read_bytes()
+    loaded = load_file(tmp_path / "a.safetensors")
+    assert set(loaded) == set(tensors)
+    assert all(loaded[k].dtype == v.dtype and torch.equal(loaded[k], v) for k, v in tensors.items())
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "a.safetensors"), framework="pt") as f:
+        assert f.metadata() == meta
+    # with one metadata entry the library is deterministic too, and writes exactly these bytes
+    from safetensors.torch import save
+
+    one = {"format": "pt"}
+    write_safetensors(tensors, tmp_path / "c.safetensors", one)
+    assert (tmp_path / "c.safetensors").read_bytes() == save({k: v.clone() for k, v in tensors.items()}, one)
 
 
 def _ema_copy(official) -> dict[str, torch.Tensor]:
@@ -338,30 +460,131 @@ def test_torch_load_would_run_the_payload(tmp_path):
     assert marker.exists()
 
 
-def test_malicious_checkpoint_is_neutralised(tmp_path):
+PAYLOADS = {
+    "system": (lambda m: Payload(m), f"{os.system.__module__}.system"),  # posix.system on Linux
+    "eval": (lambda m: Call(eval, f"open({str(m)!r}, 'w').close()"), "builtins.eval"),
+    "popen": (lambda m: Call(subprocess.Popen, ["touch", str(m)]), "subprocess.Popen"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PAYLOADS))
+def test_code_in_hyper_parameters_is_refused_and_not_run(kind, tmp_path):
+    make, qualified = PAYLOADS[kind]
     marker = tmp_path / f"pwned_{uuid.uuid4().hex}"
     path = tmp_path / "evil.ckpt"
-    weights = {"ema_model.w": torch.randn(4, 4), "ema_model.n": torch.arange(3)}
-    torch.save(_lightning(weights, hyper_parameters={"cb": Payload(marker)}, extra=Payload(marker)), path)
-    result = safe_load(path)
+    weights = {"ema_model.w": torch.randn(4, 4)}
+    torch.save(_lightning(weights, hyper_parameters=HParams(conf=Conf(foo=make(marker)))), path)
+    with pytest.raises(InputError) as info:
+        import_dva(path, out_dir=tmp_path / "w", preset="tiny")
+    msg = str(info.value)
+    assert msg == (
+        f"refusing to load {path}: it references {qualified} at hyper_parameters.conf.foo, which can run "
+        "code when unpickled; no code from the file was run"
+    )
+    assert info.value.exit_code == 2
+    time.sleep(0.2)  # a Popen that had been started would have touched the marker by now
+    assert not marker.exists() and not (tmp_path / "w").exists()
+
+
+def test_cli_refuses_code_with_one_line_exit_2(tmp_path):
+    marker = tmp_path / f"pwned_{uuid.uuid4().hex}"
+    path = tmp_path / "evil.ckpt"
+    torch.save(_lightning({"ema_model.w": torch.zeros(1)}, extra=[{"cb": Payload(marker)}]), path)
+    res = CliRunner().invoke(app, ["import-dva", "--ckpt", str(path), "--weights-dir", str(tmp_path / "w")])
+    assert res.exit_code == 2
+    err = res.stderr.splitlines()[-1]
+    assert err.startswith(f"error: refusing to load {path}: it references {os.system.__module__}.system at extra[0].cb")
+    assert err.endswith("no code from the file was run") and res.stderr.count("\n") == 2  # "importing ..." + error
     assert not marker.exists()
-    assert result.used_fallback
-    assert any(name.endswith(".system") for name in result.neutralized)
-    assert type(result.data["hyper_parameters"]["cb"]).qualified_name.endswith(".system")
+
+
+def test_referenced_or_hidden_code_is_refused(tmp_path):
+    """Not only calls: a bare reference, several at once, and one the loaded data no longer reaches."""
+    path = tmp_path / "ref.ckpt"
+    sneaky = Call(getattr, Call(__import__, "os"), "system")  # getattr(__import__("os"), "system")
+    torch.save(_lightning({}, hyper_parameters={"act": os.system, "f": sneaky}), path)
+    with pytest.raises(InputError) as info:
+        safe_load(path)
+    assert (
+        f"it references {os.system.__module__}.system at hyper_parameters.act, builtins.getattr at "
+        "hyper_parameters.f, builtins.__import__ at hyper_parameters.f(arg 0), which can run code"
+    ) in str(info.value)
+    hidden = tmp_path / "hidden.pkl"
+    hidden.write_bytes(b"cposix\nsystem\n0N.")  # GLOBAL posix.system, POP it, return None
+    with pytest.raises(InputError, match=r"references posix\.system \(place unknown\).*no code from the file"):
+        safe_load(hidden)
+    py2 = tmp_path / "py2.pkl"
+    py2.write_bytes(b"c__builtin__\neval\n(S'1+1'\ntR.")  # Python-2 spelling of builtins.eval
+    with pytest.raises(InputError, match=r"references builtins\.eval at the top level"):
+        safe_load(py2)
+
+
+def test_official_like_config_is_neutralised_and_imports(official, tmp_path, monkeypatch):
+    """Unknown classes (the official `templates.TrainConfig`, enums, Namespace, paths) are data: kept inert."""
+    sd = {f"ema_model.{k}": v for k, v in official["ema"].items()}
+    path = tmp_path / "official_like.ckpt"
+    with monkeypatch.context() as m:  # pickle the classes under the official module names
+        for module, classes in {"templates": (TrainConfig, ModelConf), "choices": (TrainMode,)}.items():
+            mod = types.ModuleType(module)
+            for cls in classes:
+                m.setattr(cls, "__module__", module)
+                setattr(mod, cls.__name__, cls)
+            m.setitem(sys.modules, module, mod)
+        hparams = HParams(conf=TrainConfig(), lr=1e-4)
+        torch.save(_lightning(sd, hyper_parameters=hparams), path)
+        torch.save({"conf": TrainConfig()}, tmp_path / "plain.pkl", pickle_protocol=0)  # copyreg path
+    result = safe_load(path)
+    conf = result.data["hyper_parameters"].items["conf"]
+    assert type(conf).qualified_name == "templates.TrainConfig" and conf.state["name"] == "dva"
+    assert type(conf.state["train_mode"]).qualified_name == "choices.TrainMode"
+    assert conf.state["train_mode"].args == ("diffusion",)  # an enum: REDUCE of its class, recorded
+    assert {"templates.TrainConfig", "templates.ModelConf", "choices.TrainMode", "argparse.Namespace"} <= set(
+        result.neutralized
+    )
+    assert any(name.endswith("Path") for name in result.neutralized)
+    report = import_dva(path, out_dir=tmp_path / "w", preset="tiny")
+    assert any("templates.TrainConfig" in note for note in report.notes)
+    assert verify_weights(tmp_path / "w").ok
+    assert "templates.TrainConfig" in safe_load(tmp_path / "plain.pkl").neutralized
+
+
+def test_global_policy():
+    refused = [
+        ("posix", "system"), ("nt", "system"), ("os", "system"), ("builtins", "eval"), ("builtins", "exec"),
+        ("builtins", "getattr"), ("builtins", "__import__"), ("__builtin__", "eval"), ("subprocess", "Popen"),
+        ("functools", "partial"), ("importlib", "import_module"), ("torch", "load"), ("torch.hub", "load"),
+        ("numpy.testing._private.utils", "runstring"), ("collections", "namedtuple"), ("fvedit.weights", "x"),
+    ]  # fmt: skip
+    neutralized = [
+        ("templates", "TrainConfig"), ("choices", "TrainMode"), ("__main__", "Config"),
+        ("pytorch_lightning.utilities.parsing", "AttributeDict"), ("argparse", "Namespace"),
+        ("pathlib", "PosixPath"), ("torch", "FloatTensor"),
+    ]  # fmt: skip
+    allowed = [("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"), ("torch", "float32")]
+    assert [global_policy(*g) for g in refused] == ["refused"] * len(refused)
+    assert [global_policy(*g) for g in neutralized] == ["neutralized"] * len(neutralized)
+    assert [global_policy(*g) for g in allowed] == ["allowed"] * len(allowed)
+
+
+def test_lightning_extras_are_neutralised_tensors_kept(tmp_path):
+    path = tmp_path / "extras.ckpt"
+    weights = {"ema_model.w": torch.randn(4, 4), "ema_model.n": torch.arange(3)}
+    torch.save(_lightning(weights), path)
+    result = safe_load(path)
+    assert result.used_fallback and any(name.endswith("HParams") for name in result.neutralized)
+    assert result.data["hyper_parameters"].items == {"name": "dva", "lr": 1e-4, "net_ch": 32}
     assert torch.equal(result.data["state_dict"]["ema_model.w"], weights["ema_model.w"])
     assert torch.equal(result.data["state_dict"]["ema_model.n"], weights["ema_model.n"])
     assert result.data["native_amp_scaling_state"]["_growth_tracker"] == 17
-    payload = result.data["extra"]
-    assert payload.args == (f"touch {marker}",)  # recorded, never called
 
 
-def test_payload_inside_state_dict_fails_clearly(official, tmp_path):
+def test_payload_inside_state_dict_is_refused(official, tmp_path):
     marker = tmp_path / f"pwned_{uuid.uuid4().hex}"
     ema = _ema_copy(official)
     ema["out.2.weight"] = Payload(marker)
     path = tmp_path / "evil.ckpt"
     torch.save(_lightning({f"ema_model.{k}": v for k, v in ema.items()}), path)
-    with pytest.raises(InputError, match=r"1 checkpoint entries are not tensors \(out\.2\.weight\)"):
+    with pytest.raises(InputError, match=r"system at state_dict\['ema_model\.out\.2\.weight'\]"):
         import_dva(path, out_dir=tmp_path / "w", preset="tiny")
     assert not marker.exists()
 

@@ -106,7 +106,7 @@ def list_command(weights_dir: WeightsDirOption = None) -> None:
             )
             return
         m = info.manifest
-        typer.echo(f"{out}: preset {m.get('preset')}, imported {m.get('created')} by fvedit {m.get('fvedit_version')}")
+        typer.echo(f"{out}: preset {m.get('preset')}, imported by fvedit {m.get('fvedit_version')}")
         for f in info.files:
             typer.echo(f"  {f.name:<24} {_human(f.actual_size):>10}  {f.status:<14} from {f.source}")
 

@@ -8,7 +8,6 @@ maps them to fvedit's `DVAModel` names. Nothing is loaded with plain pickle (see
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 from dataclasses import dataclass, field
@@ -16,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
 from fvedit.config import ModelConfig, get_preset
 from fvedit.errors import FveditError, InputError
 from fvedit.weights.safe_pickle import safe_load
+from fvedit.weights.safetensors_writer import write_safetensors
 from fvedit.weights.store import (
     CELEBA_ATTRIBUTES,
     CLASSIFIER_FILE,
@@ -165,20 +164,6 @@ def map_official_state_dict(ema: dict[str, Any], cfg: ModelConfig) -> dict[str, 
     return out
 
 
-def _dedupe_storage(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """safetensors refuses tensors that share memory; clone only where they do."""
-    seen: set[int] = set()
-    out = {}
-    for key in sorted(tensors):
-        t = tensors[key].contiguous()
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in seen and t.numel() > 0:
-            t = t.clone()
-        seen.add(t.untyped_storage().data_ptr())
-        out[key] = t
-    return out
-
-
 def _as_vector(value: Any, id_dim: int, what: str, path: Path) -> Tensor:
     if not isinstance(value, Tensor):
         try:
@@ -258,8 +243,9 @@ class ImportReport:
 
 
 def _write_safetensors(tensors: dict[str, Tensor], final: Path, metadata: dict[str, str]) -> Path:
+    """Write next to `final` under a temporary name; byte-reproducible (see `safetensors_writer`)."""
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    save_file(_dedupe_storage(tensors), str(tmp), metadata=metadata)
+    write_safetensors(tensors, tmp, metadata)
     return tmp
 
 
@@ -341,19 +327,24 @@ def _write_weights_dir(
     sources: dict[str, Path],
     notes: list[str],
 ) -> ImportReport:
-    """Write every file under a temporary name, then move them into place, manifest last."""
+    """Write every file under a temporary name, then move them into place, manifest last.
+
+    Every file is a function of the inputs only, so importing the same files again (in any
+    process, with any hash seed) gives byte-identical files and sha256 sums: safetensors
+    headers are written in a fixed order and the manifest holds no import time (it is
+    JSON with sorted keys; its `source` entries are the resolved input paths).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", "fvedit_config": cfg.to_json()}
     temps: dict[str, Path] = {}
     try:
         for name, tdict in tensors.items():
             temps[name] = _write_safetensors(tdict, out_dir / name, metadata)
-        source_hashes = {str(p): sha256_file(p) for p in set(sources.values())}
+        source_hashes = {str(p): sha256_file(p) for p in sorted(set(sources.values()))}
         manifest = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "fvedit_version": fvedit_version(),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "demo": False,
             "preset": cfg.name,
             "config": cfg.to_dict(),

@@ -293,8 +293,8 @@ def describe_weights_dir(cli_value: Path | str | None = None) -> str:
     problems = [f"{f.name} {f.status}" for f in info.files if f.status != "ok"]
     state = "problems: " + ", ".join(problems) if problems else "ok"
     return (
-        f"weights: {weights_dir} (preset {manifest.get('preset')}, imported {manifest.get('created')}, "
-        f"{len(info.files)} files, sizes {state})"
+        f"weights: {weights_dir} (preset {manifest.get('preset')}, imported by fvedit "
+        f"{manifest.get('fvedit_version')}, {len(info.files)} files, sizes {state})"
     )
 
 
