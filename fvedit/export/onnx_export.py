@@ -46,9 +46,10 @@ from fvedit.runtime.onnx_backend import INPUT_NAMES, OUTPUT_NAME, onnx_file_name
 DEFAULT_OPSET = 21
 MIN_OPSET = 18
 MAX_DYNAMIC_BATCH = 64
-# Max |onnxruntime - reference| on unit-scale random inputs. fp32: op-order rounding through ~80
-# convolutions (measured ~1e-5 on tiny); fp16: 10-bit mantissas through the same depth (measured
-# ~1e-2 on tiny, see tests/test_export.py).
+# Max |onnxruntime - reference| as a fraction of max|reference| (eps outputs are ~1-2 in size).
+# fp32: reordered sums, ~u32 sqrt(fan-in) per stage over sqrt(stages): ~2e-4 for dva256 (fan-in
+# 4608, ~500 stages), measured ~1e-5 on tiny. fp16: every stage rounds its activations to 11
+# bits, ~u16 sqrt(stages) ~ 2e-2 for dva256, measured ~4e-3 on tiny (see tests/test_export.py).
 DEFAULT_TOL = {"fp32": 1e-3, "fp16": 6e-2}
 
 
@@ -178,10 +179,11 @@ def onnx_op_types(path: str | Path) -> Counter:
 def validate_onnx(
     path: str | Path, model: nn.Module, batch: int = 2, tol: float | None = None, *, seed: int = 1
 ) -> float:
-    """Max |onnxruntime(CPU) - reference| on random non-zero inputs; FveditError above `tol`.
+    """Max |onnxruntime(CPU) - reference| on random non-zero inputs; FveditError above `tol` * max|reference|.
 
-    tol defaults by the file's precision (DEFAULT_TOL). The reference is the fp32 eager UNet
-    on the model's own device.
+    tol is relative to the size of the reference output, so it holds for any model scale; it
+    defaults by the file's precision (DEFAULT_TOL). The reference is the fp32 eager UNet on the
+    model's own device.
     """
     from fvedit.runtime.onnx_backend import OnnxBackend
 
@@ -193,8 +195,10 @@ def validate_onnx(
     ref = unet(x.to(device), t.to(device), cond.to(device)).float().cpu()
     got = backend(x, t, cond)
     err = float((got - ref).abs().max())
-    if not err <= tol:  # also catches NaN
+    scale = float(ref.abs().max())
+    if not err <= tol * scale:  # also catches NaN
         raise FveditError(
-            f"{Path(path).name}: onnxruntime differs from the reference by {err:.3g} (tolerance {tol:g}) at batch {batch}"
+            f"{Path(path).name}: onnxruntime differs from the reference by {err:.3g} at batch {batch} "
+            f"(tolerance {tol:g} x max|reference| {scale:.3g} = {tol * scale:.3g})"
         )
     return err

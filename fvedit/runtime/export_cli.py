@@ -57,7 +57,8 @@ def export_command(
         "is importable (otherwise say how to get it and exit 0); --tensorrt makes a missing TensorRT an error.",
     ),
     tol: Optional[float] = typer.Option(
-        None, "--tol", help="Max allowed |onnxruntime - reference| on random inputs (default 1e-3 fp32, 6e-2 fp16)."
+        None, "--tol", help="Max allowed |onnxruntime - reference| on random inputs, as a fraction of "
+        "max|reference| (default 1e-3 fp32, 6e-2 fp16).",
     ),
     device: str = typer.Option(
         "cpu", "--device", help="Where the weights load and the reference runs for validation: 'cpu' (default), "
@@ -90,7 +91,7 @@ def export_command(
             limit = tol if tol is not None else onnx_export.DEFAULT_TOL[precision]
             err = onnx_export.validate_onnx(path, unet, b, limit)
             typer.echo(f"{path.name} ({size_mb:.0f} MB): batch {b}: max |onnxruntime - reference| = {err:.2e} "
-                       f"(tolerance {limit:g})")
+                       f"(tolerance {limit:g} x max|reference|)")
 
     want = tensorrt if tensorrt is not None else _tensorrt_importable()
     if tensorrt is None and not want:
