@@ -7,6 +7,8 @@ need no downloads. Sizes stay at 160x120-ish and clips at 12-24 frames to keep C
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -49,6 +51,19 @@ def odd_video(media_dir) -> Path:
     return synth.make_face_video(media_dir / "odd.mp4", frames=12, size=(301, 207), audio=False)
 
 
+@pytest.fixture(scope="session")
+def odd_vfr_video(media_dir) -> Path:
+    """301x207 with irregular timestamps and audio: written back as VP9, timing must survive."""
+    return synth.make_face_video(media_dir / "odd_vfr.mp4", frames=23, size=(301, 207), vfr=True, audio=True)
+
+
+@pytest.fixture(scope="session", params=[(301, 207), (301, 208), (300, 207)], ids=lambda s: f"{s[0]}x{s[1]}")
+def odd_sized_video(request, media_dir) -> Path:
+    """Odd in both directions, only in width, only in height (encoded as H.264 4:4:4)."""
+    width, height = request.param
+    return synth.make_face_video(media_dir / f"odd{width}x{height}.mp4", frames=8, size=(width, height), audio=False)
+
+
 @pytest.fixture(scope="session", params=[90, 180, 270], ids=lambda r: f"rot{r}")
 def rotated_video(request, media_dir) -> tuple[Path, int]:
     """Phone-style: frames stored turned, display matrix says how to turn them back."""
@@ -57,6 +72,33 @@ def rotated_video(request, media_dir) -> tuple[Path, int]:
         media_dir / f"rot{rotation}.mp4", frames=12, size=SMALL, rotation_meta=rotation, audio=False
     )
     return path, rotation
+
+
+@pytest.fixture
+def partial_holder():
+    """Start child processes that each create an owned partial file (`fvedit.partials`) for
+    a target named `stem` in `folder`, hold its claim and sleep; returns (process, path).
+    Children still running at the end of the test are killed."""
+    children: list[subprocess.Popen] = []
+    code = (
+        "import sys, time; from pathlib import Path; from fvedit.partials import create_partial_file\n"
+        "path, claim = create_partial_file(Path(sys.argv[1]), sys.argv[2], '.mp4')\n"
+        "print(path, flush=True); time.sleep(120)\n"
+    )
+
+    def start(folder: Path, stem: str) -> tuple[subprocess.Popen, Path]:
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, str(folder), stem], cwd=Path(__file__).resolve().parents[1],
+            stdout=subprocess.PIPE, text=True,
+        )
+        children.append(child)
+        return child, Path(child.stdout.readline().strip())
+
+    yield start
+    for child in children:
+        child.kill()
+        child.wait()
+        child.stdout.close()
 
 
 @pytest.fixture(scope="session")

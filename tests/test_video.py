@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
+import struct
+import subprocess
+import sys
 import tracemalloc
 from fractions import Fraction
 from pathlib import Path
@@ -14,9 +18,11 @@ import pytest
 
 from fvedit import synth
 from fvedit.errors import FveditError, InputError
-from fvedit.video import VideoReader, VideoWriter, iter_frames, probe, write_video
+from fvedit.video import VideoReader, VideoWriter, check_output, iter_frames, probe, write_video
 from fvedit.video.probe import orientation_from_display_matrix
-from fvedit.video.writer import even_size, pad_to
+from fvedit.video.reader import Frame
+from fvedit.video.writer import pick_encoder
+
 
 ONE = 1 << 16
 
@@ -49,6 +55,29 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if ".partial-" in p.name]
+
+
+def last_shown_frame(path: Path) -> tuple[Fraction, Fraction]:
+    """(pts, duration) in seconds of the frame shown last, as FFmpeg decodes the file."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        last = max(container.decode(stream), key=lambda f: f.pts)
+        return last.pts * stream.time_base, last.duration * stream.time_base
+
+
+def mp4_edit_duration(path: Path) -> Fraction:
+    """The first track's (video's) presentation length in seconds from its MP4 edit list:
+    what players take as the video's duration (ISO 14496-12 8.2.2 mvhd, 8.6.6 elst)."""
+    data = path.read_bytes()
+    mvhd = data.index(b"mvhd") + 4
+    timescale = struct.unpack(">I", data[mvhd + (20 if data[mvhd] == 1 else 12) :][:4])[0]
+    elst = data.index(b"elst") + 4
+    version, count = data[elst], struct.unpack(">I", data[elst + 4 : elst + 8])[0]
+    entry, total = elst + 8, 0
+    for _ in range(count):
+        total += struct.unpack(">Q" if version == 1 else ">I", data[entry : entry + (8 if version == 1 else 4)])[0]
+        entry += 20 if version == 1 else 12
+    return Fraction(total, timescale)
 
 
 # -- probe ----------------------------------------------------------------------------------
@@ -252,31 +281,129 @@ def test_round_trip_of_rotated_input_is_upright_without_metadata(rotated_video, 
         assert psnr(a.rgb, b.rgb) > 35
 
 
-def test_odd_size_is_padded_by_repeating_the_edge(odd_video, tmp_path):
-    out = round_trip(odd_video, tmp_path / "odd_out.mp4", crf=12)
+def test_odd_size_round_trip_keeps_size_and_content(odd_sized_video, tmp_path):
+    """301x207, 301x208 and 300x207 come back at exactly that size, unshifted, in probe and pixels."""
+    source = probe(odd_sized_video)
+    out = round_trip(odd_sized_video, tmp_path / "odd_out.mp4", crf=12)
     info = probe(out)
-    assert (info.width, info.height) == (302, 208)
-    assert info.frame_count == 12 and frame_times(out) == frame_times(odd_video)
-    for a, b in zip(iter_frames(odd_video), iter_frames(out)):
-        assert psnr(a.rgb, b.rgb[:207, :301]) > 35
-        assert psnr(b.rgb[:207, 301], a.rgb[:, 300]) > 30  # the extra column repeats the last one
+    assert (info.width, info.height, info.coded_width, info.coded_height) == (source.width, source.height) * 2
+    assert info.frame_count == source.frame_count and frame_times(out) == frame_times(odd_sized_video)
+    for a, b in zip(iter_frames(odd_sized_video), iter_frames(out), strict=True):
+        assert b.rgb.shape == a.rgb.shape
+        assert psnr(a.rgb, b.rgb) > 35
+        assert psnr(a.rgb[:, 1:], b.rgb[:, :-1]) < psnr(a.rgb, b.rgb) - 3  # a one-pixel shift is far off
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".mov", ".m4v"])
+@pytest.mark.parametrize("size", [(301, 207), (301, 208), (300, 207)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_odd_size_edges_are_the_written_pixels(tmp_path, suffix, size):
+    """Bright last column/row beside dark ones: a padded, cropped or shifted edge would show."""
+    width, height = size
+    image = np.full((height, width, 3), 128, np.uint8)
+    image[:, -1], image[:, -2], image[-1, :], image[-2, :] = 235, 16, 235, 16
+    out = write_video(tmp_path / f"edge{suffix}", [image] * 3, fps=25, crf=12)
+    info = probe(out)
+    assert (info.width, info.height, info.frame_count) == (width, height, 3)
+    for frame in iter_frames(out):
+        got = frame.rgb.astype(int)
+        assert got.shape == image.shape
+        assert got[:-2, -1].mean() > 220 and got[:-2, -2].mean() < 30  # last column, its neighbour
+        assert got[-1, :-2].mean() > 220 and got[-2, :-2].mean() < 30  # last row, its neighbour
+        assert np.abs(got - image).max() <= 12
 
 
 def test_odd_size_kept_exactly_with_yuv444p(odd_video, tmp_path):
     out = round_trip(odd_video, tmp_path / "odd444.mp4", pix_fmt="yuv444p")
-    assert (probe(out).width, probe(out).height) == (301, 207)
+    info = probe(out)
+    assert (info.width, info.height, info.codec, info.pix_fmt) == (301, 207, "h264", "yuv444p")
 
 
-def test_even_size_and_padding_helpers():
-    assert even_size(301, 207, "yuv420p") == (302, 208)
-    assert even_size(301, 207, "yuv422p") == (302, 207)
-    assert even_size(301, 207, "yuv444p") == (301, 207)
-    image = np.random.default_rng(0).integers(0, 256, (3, 5, 3), dtype=np.uint8)
-    padded = pad_to(image, 6, 4)
-    assert padded.shape == (4, 6, 3)
-    np.testing.assert_array_equal(padded[:3, :5], image)
-    np.testing.assert_array_equal(padded[3, :5], image[2])
-    np.testing.assert_array_equal(padded[:3, 5], image[:, 4])
+def test_encoder_choice_keeps_every_size():
+    assert pick_encoder(None, "yuv420p", 640, 360, ".mp4") == ("libx264", "yuv420p")
+    assert pick_encoder(None, "yuv420p", 301, 207, ".mp4") == ("libvpx-vp9", "yuv420p")
+    assert pick_encoder(None, "yuv420p", 300, 207, ".mkv") == ("libvpx-vp9", "yuv420p")
+    assert pick_encoder(None, "yuv420p", 301, 208, ".mov") == ("libx264", "yuv444p")  # no VP9 in .mov
+    assert pick_encoder(None, "yuv422p", 300, 207, ".mp4") == ("libx264", "yuv422p")  # 4:2:2 halves width only
+    assert pick_encoder(None, "yuv444p", 301, 207, ".mp4") == ("libx264", "yuv444p")
+    with pytest.raises(InputError, match="odd size 301x207"):
+        pick_encoder("libx264", "yuv420p", 301, 207, ".mp4")
+    with pytest.raises(InputError, match="unknown pixel format"):
+        pick_encoder(None, "nonsense", 64, 64, ".mp4")
+
+
+def test_vfr_round_trip_keeps_every_pts_and_the_last_duration(vfr_video, tmp_path):
+    out = round_trip(vfr_video, tmp_path / "vfr_out.mp4", crf=12)
+    assert frame_times(out) == frame_times(vfr_video)
+    assert last_shown_frame(out) == last_shown_frame(vfr_video)  # 40 ms, not 60
+    before, after = probe(vfr_video), probe(out)
+    assert after.last_frame_duration_pts * after.time_base == before.last_frame_duration_pts * before.time_base
+    assert mp4_edit_duration(out) == mp4_edit_duration(vfr_video) == Fraction(84, 100)  # the total duration
+    assert after.duration == before.duration
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_odd_size_vfr_round_trip_keeps_every_duration(odd_vfr_video, tmp_path, suffix):
+    """Odd sizes go to VP9, whose MP4 packet durations FFmpeg re-guesses; the probe must not."""
+    out = round_trip(odd_vfr_video, tmp_path / f"odd_vfr{suffix}", crf=12)
+    before, after = probe(odd_vfr_video), probe(out)
+    assert (after.width, after.height, after.codec, after.frame_count) == (301, 207, "vp9", 23)
+
+    def durations(path: Path, info) -> list[Fraction]:
+        return [f.duration * info.time_base for f in iter_frames(path)]
+
+    assert durations(out, after) == durations(odd_vfr_video, before)  # every frame, the last included
+    assert after.last_frame_duration_pts * after.time_base == Fraction(1, 25)
+    if suffix == ".mp4":  # Matroska moves the whole file by the AAC priming instead
+        assert frame_times(out) == frame_times(odd_vfr_video)
+        assert mp4_edit_duration(out) == mp4_edit_duration(odd_vfr_video)
+        assert audio_packets(out) == audio_packets(odd_vfr_video)
+
+
+@pytest.mark.parametrize("count", range(9, 33))
+def test_last_frame_keeps_its_duration_behind_b_frames(tmp_path, count):
+    """x264 usually codes the shown-last frame before trailing B-frames; it must still keep its length."""
+    time_base, scene = Fraction(1, 90000), synth.FaceScene(width=96, height=64, frames=count)
+    durations = synth.vfr_durations(count, Fraction(25), time_base)
+    starts = [sum(durations[:i]) for i in range(count)]
+    frames = [
+        Frame(i, pts, float(pts * time_base), scene.render(i), duration)
+        for i, (pts, duration) in enumerate(zip(starts, durations))
+    ]
+    out = write_video(tmp_path / "b.mp4", frames, fps=25, time_base=time_base)
+    assert last_shown_frame(out) == (starts[-1] * time_base, durations[-1] * time_base)
+    assert mp4_edit_duration(out) == (starts[-1] + durations[-1]) * time_base
+    assert frame_times(out) == [pts * time_base for pts in starts]
+
+
+def test_reader_durations_are_the_gaps_between_frames(vfr_video):
+    """FFmpeg's own frame duration is the decode-order gap; the reader's is the display gap."""
+    truth = synth.vfr_durations(20, Fraction(25), Fraction(1, 90000))
+    frames = list(iter_frames(vfr_video))
+    assert [f.duration for f in frames] == truth
+    assert frames[-1].duration == probe(vfr_video).last_frame_duration_pts
+    assert [f.duration for f in iter_frames(vfr_video, max_frames=3)] == truth[:3]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".mov", ".m4v"])
+def test_metadata_tags_are_written(cfr_video, tmp_path, suffix):
+    tags = {"comment": "made with untrained demo weights", "title": "ça marche"}
+    out = write_video(tmp_path / f"tagged{suffix}", iter_frames(cfr_video, max_frames=3), like=probe(cfr_video),
+                      metadata=tags)
+    with av.open(str(out)) as container:
+        read = {key.lower(): value for key, value in container.metadata.items()}  # Matroska: COMMENT
+    assert {key: read.get(key) for key in tags} == tags
+
+
+def test_metadata_a_container_would_drop_is_refused(cfr_video, tmp_path):
+    frames = list(iter_frames(cfr_video, max_frames=2))
+    with pytest.raises(InputError, match="drop the tag"):
+        write_video(tmp_path / "x.mov", frames, like=probe(cfr_video), metadata={"description": "lost in .mov"})
+    with pytest.raises(InputError, match="drop the tag"):
+        write_video(tmp_path / "x.mp4", frames, like=probe(cfr_video), metadata={"fvedit_weights": "demo"})
+    out = write_video(tmp_path / "x.mkv", frames, like=probe(cfr_video), metadata={"fvedit_weights": "demo"})
+    with av.open(str(out)) as container:
+        assert container.metadata.get("FVEDIT_WEIGHTS") == "demo"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.mkv"]
 
 
 def test_plain_arrays_get_cfr_timestamps(tmp_path):
@@ -441,3 +568,130 @@ def test_output_gets_ordinary_file_permissions(cfr_video, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# -- output preflight, partial files, folders ---------------------------------------------------
+
+
+def one_line_naming(err: pytest.ExceptionInfo, path: Path) -> bool:
+    message = str(err.value)
+    return "\n" not in message and str(path) in message and ".partial" not in message
+
+
+def test_preflight_refuses_the_input_by_any_name(cfr_video, tmp_path):
+    hard, soft = tmp_path / "hard.mp4", tmp_path / "soft.mp4"
+    os.link(cfr_video, hard)
+    soft.symlink_to(cfr_video)
+    for output in (cfr_video, hard, soft, cfr_video.parent / "." / cfr_video.name):
+        with pytest.raises(InputError, match="refusing to overwrite the input") as err:
+            check_output(output, inputs=[cfr_video])
+        assert "\n" not in str(err.value)
+    with pytest.raises(InputError, match="refusing to overwrite the input"):
+        VideoWriter(hard, probe(cfr_video))
+    assert leftovers(tmp_path) == [] and leftovers(cfr_video.parent) == []
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [("folder", "is a folder"), ("out.avi", "extension '.avi'"), ("out", "no extension"), ("OUT.MKV", None)],
+)
+def test_preflight_checks_the_name(tmp_path, name, message):
+    target = tmp_path if name == "folder" else tmp_path / name
+    if message is None:
+        assert check_output(target).path == target
+        return
+    with pytest.raises(InputError, match=message) as err:
+        check_output(target)
+    assert one_line_naming(err, target)
+
+
+@pytest.mark.parametrize("where", ["/proc/nonexistent-dir/out.mp4", "/proc/out.mp4", "file-as-folder"])
+def test_preflight_names_the_users_path_when_nothing_can_be_created(tmp_path, where):
+    """Works as root too: /proc takes no new files or folders, a file cannot hold a folder."""
+    if where == "file-as-folder":
+        (tmp_path / "notes.txt").write_text("a file, not a folder")
+        target = tmp_path / "notes.txt" / "sub" / "out.mp4"
+    else:
+        target = Path(where)
+    with pytest.raises(InputError, match="cannot") as err:
+        check_output(target)
+    assert one_line_naming(err, target) and err.value.exit_code == 2
+    with pytest.raises(InputError) as err:
+        VideoWriter(target, fps=25, width=16, height=16)
+    assert one_line_naming(err, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["notes.txt"] if where == "file-as-folder" else [])
+
+
+def test_preflight_creates_folders_and_cleanup_removes_only_those(tmp_path):
+    (tmp_path / "kept").mkdir()
+    target = tmp_path / "kept" / "new" / "deeper" / "out.mp4"
+    plan = check_output(target)
+    assert plan.created == (tmp_path / "kept" / "new", tmp_path / "kept" / "new" / "deeper")
+    assert target.parent.is_dir() and leftovers(target.parent) == [] and not target.exists()
+    plan.cleanup()
+    plan.cleanup()  # twice is harmless
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
+
+    plan = check_output(target)
+    (target.parent / "metrics.json").write_text("{}")  # someone else's file: its folders stay
+    plan.cleanup()
+    assert (target.parent / "metrics.json").exists()
+    assert check_output(target).created == ()  # they exist now: not this run's to remove
+
+
+def test_failed_write_into_a_missing_folder_removes_the_folders(cfr_video, tmp_path):
+    target = tmp_path / "new" / "dir" / "edited.mp4"
+    with pytest.raises(RuntimeError):
+        with VideoWriter(target, probe(cfr_video), audio_from=cfr_video) as writer:
+            writer.write(next(iter_frames(cfr_video)))
+            assert leftovers(target.parent)
+            raise RuntimeError("model crashed")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(InputError, match="cannot encode"):  # fails inside the constructor
+        VideoWriter(target, probe(cfr_video), codec="no-such-codec")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_errors_name_the_users_path(cfr_video, tmp_path, monkeypatch):
+    real_open = av.open
+
+    def full_disk(name, mode="r", **kwargs):
+        if mode == "w":
+            raise av.FFmpegError(28, "No space left on device", name)
+        return real_open(name, mode, **kwargs)
+
+    target = tmp_path / "out.mp4"
+    with monkeypatch.context() as patch:
+        patch.setattr(av, "open", full_disk)
+        with pytest.raises(InputError) as err:
+            VideoWriter(target, probe(cfr_video))
+    assert one_line_naming(err, target) and str(err.value) == f"cannot write {target}: No space left on device"
+    assert list(tmp_path.iterdir()) == []
+
+    def muxer_fails(self, packet):
+        raise av.FFmpegError(28, "No space left on device", str(self._temp))
+
+    monkeypatch.setattr(VideoWriter, "_mux_one", muxer_fails)
+    with pytest.raises(FveditError, match="No space left on device") as err:
+        with VideoWriter(target, probe(cfr_video)) as writer:
+            writer.write_all(iter_frames(cfr_video))
+    assert one_line_naming(err, target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_partials_of_killed_runs_are_removed_and_live_ones_kept(cfr_video, tmp_path, partial_holder):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # exited and reaped: its pid runs nothing now
+    stale = tmp_path / f".out.partial-{dead.pid}-k3x9.mp4"
+    stale.write_bytes(b"half a video")
+    killed, _ = partial_holder(tmp_path, "out")
+    live, kept = partial_holder(tmp_path, "out")
+    killed.send_signal(signal.SIGKILL)  # kill -9 while it holds its claim
+    killed.wait()
+    assert len(leftovers(tmp_path)) == 3
+    check_output(tmp_path / "out.mp4")  # the preflight already clears them...
+    assert leftovers(tmp_path) == [kept.name]
+    stale.write_bytes(b"again")
+    write_video(tmp_path / "out.mp4", iter_frames(cfr_video, max_frames=2), like=probe(cfr_video))
+    assert leftovers(tmp_path) == [kept.name]  # ...and so does the writer; the live run's stays
+    assert live.poll() is None

@@ -57,6 +57,7 @@ class VideoInfo:
     audio_codec: str | None = None
     audio_sample_rate: int | None = None
     audio_channels: int | None = None
+    last_frame_duration_pts: int | None = None  # the container's duration for the last frame (time_base units)
 
     @property
     def start_time(self) -> float:
@@ -179,12 +180,16 @@ def _is_variable(pts: np.ndarray) -> bool:
 def scan_video_timestamps(
     path: str | os.PathLike, *, decode: bool = False
 ) -> tuple[np.ndarray, Fraction, int | None]:
-    """Every video frame's pts of `path` (sorted), the time base, and the last duration seen.
+    """Every video frame's pts of `path` (sorted), the time base, and the last frame's duration.
 
     By default packets are demuxed, not decoded, which keeps a probe of a long video quick;
     empty packets (the demuxer's end-of-stream marker) and packets an edit list discards are
     not frames. `decode=True` decodes instead: slower, but exact even for streams whose
     decoder drops frames (e.g. a transport stream cut in the middle of a GOP).
+
+    The last frame's duration is the one stored with the frame that is shown last (the
+    highest pts), not with the last packet demuxed: with B-frames those differ. In MP4/MOV
+    it is checked against the track's edit list (see `_checked_against_edit_list`).
     """
     container, stream = open_video(path)
     with container:
@@ -195,6 +200,7 @@ def _scan(container, stream, path: Path, *, decode: bool = False) -> tuple[np.nd
     time_base = stream.time_base or Fraction(1, 90000)
     pts_list: list[int] = []
     missing = 0
+    max_pts = 0
     last_duration: int | None = None
     units = container.decode(stream) if decode else container.demux(stream)
     try:
@@ -204,8 +210,9 @@ def _scan(container, stream, path: Path, *, decode: bool = False) -> tuple[np.nd
             if unit.pts is None:
                 missing += 1
             else:
+                if not pts_list or unit.pts >= max_pts:
+                    max_pts, last_duration = unit.pts, unit.duration or None
                 pts_list.append(unit.pts)
-                last_duration = unit.duration or last_duration
     except av.FFmpegError as err:
         raise InputError(f"{path} is corrupt or truncated ({ffmpeg_reason(err)})") from None
     if missing:  # no timestamps (raw elementary streams): number the frames instead
@@ -213,7 +220,117 @@ def _scan(container, stream, path: Path, *, decode: bool = False) -> tuple[np.nd
         step = max(1, round(1 / (nominal * time_base)))
         start = min(pts_list) if pts_list else 0
         pts_list = [start + i * step for i in range(len(pts_list) + missing)]
+    elif pts_list and "mp4" in container.format.name.split(","):
+        last_duration = _checked_against_edit_list(path, stream.id, max_pts, Fraction(time_base), last_duration)
     return np.sort(np.asarray(pts_list, dtype=np.int64)), Fraction(time_base), last_duration
+
+
+def _checked_against_edit_list(
+    path: Path, track_id: int, last_pts: int, time_base: Fraction, stored: int | None
+) -> int | None:
+    """The last frame's duration, corrected by the MP4 edit list where FFmpeg's is wrong.
+
+    FFmpeg re-parses some codecs in MP4 (VP9, VP8, VC-1, MPEG-1: `need_parsing = FULL` in
+    its mov demuxer) and then invents packet durations from a guessed frame rate, so a
+    variable-rate VP9 clip reports 10 ms for a 40 ms last frame although the file stores 40.
+    The edit list says where the track's presentation ends (FFmpeg puts that end at
+    pts = segment total), but only to one movie tick (1 ms as FFmpeg writes it), so the
+    stored duration is kept whenever it agrees with that end to within a tick.
+    """
+    edit = mp4_edit_list_end(path, track_id)
+    if edit is None:
+        return stored
+    end, tick = edit
+    if stored is not None and abs((last_pts + stored) * time_base - end) <= tick:
+        return stored
+    from_edit = round(end / time_base) - last_pts
+    return from_edit if from_edit > 0 else stored
+
+
+def mp4_edit_list_end(path: str | os.PathLike, track_id: int) -> tuple[Fraction, Fraction] | None:
+    """(end, precision) in seconds of track `track_id`'s edit list in an MP4/MOV file, or None.
+
+    The end is the sum of the edit segments (ISO 14496-12 8.6.6), the precision one tick of
+    the movie time scale (`mvhd`). None when the file has no readable `moov` or no edit list.
+    """
+    moov = _read_moov(Path(path))
+    if moov is None:
+        return None
+    try:
+        timescale = 0
+        for kind, start, end in _boxes(moov, 0, len(moov)):
+            if kind == b"mvhd":
+                timescale = struct.unpack_from(">I", moov, start + (20 if moov[start] == 1 else 12))[0]
+            elif kind == b"trak" and timescale:
+                total = _trak_edit_total(moov, start, end, track_id)
+                if total is not None:
+                    return Fraction(total, timescale), Fraction(1, timescale)
+    except (struct.error, IndexError):
+        return None
+    return None
+
+
+def _trak_edit_total(data: bytes, start: int, end: int, track_id: int) -> int | None:
+    """Sum of the edit segment durations of this `trak` if it is track `track_id`."""
+    children = {kind: (s, e) for kind, s, e in _boxes(data, start, end)}
+    if b"tkhd" not in children or b"edts" not in children:
+        return None
+    tkhd = children[b"tkhd"][0]
+    if struct.unpack_from(">I", data, tkhd + (20 if data[tkhd] == 1 else 12))[0] != track_id:
+        return None
+    elst = next((s for kind, s, _ in _boxes(data, *children[b"edts"]) if kind == b"elst"), None)
+    if elst is None:
+        return None
+    version, count = data[elst], struct.unpack_from(">I", data, elst + 4)[0]
+    entry, size, fmt = elst + 8, (20 if version == 1 else 12), (">Q" if version == 1 else ">I")
+    return sum(struct.unpack_from(fmt, data, entry + i * size)[0] for i in range(count))
+
+
+def _boxes(data: bytes, start: int, end: int):
+    """(type, body start, body end) of each ISO-BMFF box in data[start:end]."""
+    at = start
+    while at + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, at)
+        header = 8
+        if size == 1:
+            size, header = struct.unpack_from(">Q", data, at + 8)[0], 16
+        elif size == 0:
+            size = end - at
+        if size < header or at + size > end:
+            return
+        yield kind, at + header, at + size
+        at += size
+
+
+_MAX_MOOV = 256 << 20
+
+
+def _read_moov(path: Path) -> bytes | None:
+    """The body of the file's top-level `moov` box, skipping `mdat` without reading it."""
+    try:
+        with open(path, "rb") as file:
+            length = os.fstat(file.fileno()).st_size
+            at = 0
+            while at + 8 <= length:
+                file.seek(at)
+                head = file.read(16)
+                size, kind = struct.unpack_from(">I4s", head)
+                header = 8
+                if size == 1 and len(head) == 16:
+                    size, header = struct.unpack_from(">Q", head, 8)[0], 16
+                elif size == 0:
+                    size = length - at
+                if size < header:
+                    return None
+                if kind == b"moov":
+                    if size - header > _MAX_MOOV:
+                        return None
+                    file.seek(at + header)
+                    return file.read(size - header)
+                at += size
+    except (OSError, struct.error):
+        return None
+    return None
 
 
 def _nominal_rate(stream) -> Fraction | None:
@@ -294,6 +411,7 @@ def probe(path: str | os.PathLike, *, decode: bool = False) -> VideoInfo:
         audio_codec=audio.codec_context.name if audio is not None else None,
         audio_sample_rate=int(audio.codec_context.sample_rate) if audio is not None else None,
         audio_channels=audio_channels,
+        last_frame_duration_pts=last_duration,
     )
 
 

@@ -4,12 +4,19 @@ Frames are yielded, never collected, so memory stays at a frame or two however l
 video is. Every decoded frame comes out (frame-exact: as many frames as `probe` counts),
 turned upright by its display matrix, with its pts in the stream's time base so a writer
 can give the edited frame exactly the same timestamp.
+
+Durations: a frame lasts until the next one starts, so the reader decodes one frame ahead
+and gives each frame `next pts - pts`. FFmpeg's own per-frame duration is the gap between
+*decode* timestamps (MP4 `stts`), which for B-frames belongs to another frame: on a
+variable-rate clip it is simply wrong. Only the last frame has no successor; it keeps the
+duration its container stores for it, as `probe` measures it (`last_frame_duration_pts`,
+which in MP4 is checked against the edit list).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, overload
@@ -29,7 +36,7 @@ class Frame:
     pts: int  # presentation timestamp in the source stream's time base
     time: float  # presentation time in seconds
     rgb: np.ndarray  # (H, W, 3) uint8, upright, C-contiguous
-    duration: int | None = None  # display duration in the source time base, when known
+    duration: int | None = None  # display duration (next pts - pts) in the source time base, when known
 
     @property
     def height(self) -> int:
@@ -82,25 +89,24 @@ class VideoReader:
             stream.thread_type = "AUTO"  # frame threading: same frames, same order, faster
         time_base = Fraction(stream.time_base or self.info.time_base)
         step = self.info.frame_duration_pts
-        previous_pts: int | None = None
+        held: Frame | None = None  # decoded, waiting for the next pts to know its duration
+        stored_duration: int | None = None  # the container's duration for `held`
         index = 0
         try:
             for decoded in container.decode(stream):
                 pts = decoded.pts
                 if pts is None:  # raw streams carry no timestamps: continue the cadence
-                    pts = self.info.start_pts if previous_pts is None else previous_pts + step
-                previous_pts = pts
+                    pts = self.info.start_pts if held is None else held.pts + step
+                if held is not None:
+                    yield replace(held, duration=pts - held.pts if pts > held.pts else stored_duration)
+                    index += 1
+                    if max_frames is not None and index >= max_frames:
+                        return
                 rgb = frame_orientation(decoded).apply(decoded.to_ndarray(format="rgb24"))
-                yield Frame(
-                    index=index,
-                    pts=int(pts),
-                    time=float(pts * time_base),
-                    rgb=np.ascontiguousarray(rgb),
-                    duration=int(decoded.duration) if decoded.duration else None,
-                )
-                index += 1
-                if max_frames is not None and index >= max_frames:
-                    return
+                held = Frame(index=index, pts=int(pts), time=float(pts * time_base), rgb=np.ascontiguousarray(rgb))
+                stored_duration = int(decoded.duration) if decoded.duration else None
+            if held is not None:  # the container's word for the last frame, as `probe` checked it
+                yield replace(held, duration=self.info.last_frame_duration_pts or stored_duration)
         except av.FFmpegError as err:
             raise InputError(f"{self.path}: decoding failed at frame {index} ({ffmpeg_reason(err)})") from None
         finally:
