@@ -1,10 +1,12 @@
 """The `fvedit` command line. Subcommands speak the user's jobs; the work lives in library modules.
 
-Exit codes: 0 ok, 1 runtime failure, 2 bad arguments or bad input (one-line `error:` message).
+Exit codes: 0 ok, 1 runtime failure, 2 bad arguments or bad input (one-line `error:` message),
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM); an interrupted run keeps no partial output.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -13,9 +15,19 @@ import typer
 
 from fvedit.errors import FveditError, InputError
 
+APP_HELP = """Fast face-video attribute editing with Diffusion Video Autoencoders.
+
+Weights: without imported weights (`fvedit weights import-dva`) every command runs on seeded,
+UNTRAINED demo weights and says so; their output shows the pipeline, not DVA's quality.
+
+Exit codes: 0 ok; 1 runtime failure (disk full, out of memory); 2 bad arguments or bad input
+(a one-line 'error:' message); 130 interrupted by Ctrl-C; 143 terminated (SIGTERM). An
+interrupted or failed run leaves no partial output behind.
+"""
+
 app = typer.Typer(
     name="fvedit",
-    help="Fast face-video attribute editing with Diffusion Video Autoencoders.",
+    help=APP_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -52,6 +64,10 @@ WeightsDirOpt = typer.Option(
     "else ~/.cache/fvedit/weights. Without weights there, fvedit uses untrained demo weights and says so.",
 )
 DeviceOpt = typer.Option("auto", "--device", help="Where to run: 'auto' (CUDA if present), 'cpu', 'cuda' or 'cuda:N'.")
+ThreadsOpt = typer.Option(
+    None, "--threads", min=1, show_default=False,
+    help="CPU threads for torch, onnxruntime and the x264 encoder. Default: every core this process may use.",
+)
 
 
 @app.command()
@@ -89,11 +105,14 @@ def reconstruct(
     preset: Optional[str] = PresetOpt,
     weights_dir: Optional[Path] = WeightsDirOpt,
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the result path."),
 ) -> None:
     """Encode one aligned face to its noise map x_T and decode it back: the autoencoder round trip."""
     from fvedit.reconstruct import run_reconstruct
+    from fvedit.runtime.device import set_threads
 
+    set_threads(threads)
     run_reconstruct(
         image=image, output=output, sampler=sampler, steps=steps, preset=preset,
         weights_dir=weights_dir, device=device, quiet=quiet,
@@ -108,6 +127,12 @@ BackendOpt = typer.Option("auto", "--backend", help="UNet runtime: auto, referen
 PrecisionOpt = typer.Option("fp16", "--precision", help="Arithmetic of the torch/onnxruntime/tensorrt backends on a GPU: fp16, bf16 or fp32 (the reference backend is always fp32; on a CPU the torch backend uses fp32).")
 FaceOpt = typer.Option("largest", "--face", help="Which face to edit when several are visible: 'largest', 'first', an index counted left to right (0, 1, ...) or a point 'x,y' in pixels of the first frame with a face.")
 CacheDirOpt = typer.Option(None, "--cache-dir", help="Where encodings (the inversion of a video) are kept for reuse. Default: $FVEDIT_CACHE_DIR, else ~/.cache/fvedit/encodings.")
+MaxGapOpt = typer.Option(
+    25, "--max-gap", min=0,  # fvedit.face.track.DEFAULT_MAX_GAP (not imported: `--help` stays fast)
+    help="Longest run of frames on which the detector may miss the face and still have it bridged: each such "
+    "frame is looked at again, more sensitively, and edited only where the face is confirmed. Frames without "
+    "the face (the person left the shot, a cutaway) are always written unchanged. 0 = never bridge.",
+)
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Print only errors and warnings: no progress bars, no summary.")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Also log library details (pixel backend, detector) while running.")
 
@@ -118,9 +143,12 @@ def _options(**kw):
     from fvedit.sampling import SamplerSpec
     from fvedit.face.track import parse_selection
 
+    from fvedit.runtime.device import set_threads
+
     sampler, steps = kw.pop("sampler"), kw.pop("steps")
     face = parse_selection(kw.pop("face"))
-    return PipelineOptions(sampler=SamplerSpec(sampler, steps), face=face, **kw)
+    threads = set_threads(kw.pop("threads", None))
+    return PipelineOptions(sampler=SamplerSpec(sampler, steps), face=face, threads=threads, **kw)
 
 
 def _logging(verbose: bool) -> None:
@@ -132,13 +160,17 @@ def _logging(verbose: bool) -> None:
 @app.command()
 def edit(
     video: Path = typer.Argument(..., help="The input video (any common container/codec)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output video. Default: <input>.edited.mp4 next to the input."),
+    output: Optional[Path] = typer.Option(
+        None, "-o", "--output", show_default=False,
+        help="Output video (.mp4, .mov, .m4v or .mkv). Default: <input>.edited.mp4 next to the input. "
+        "An existing file there is overwritten once the new one is complete; the input never is.",
+    ),
     attr: list[str] = typer.Option([], "--attr", "-a", help="Attribute to change, e.g. 'young', 'old=0.4', 'young=0.3,eyeglasses=0.5'. Repeatable; all are applied in one decode. See `fvedit attrs`."),
     strength: Optional[float] = typer.Option(None, "--strength", "-s", help="Signed step for attributes given without '=value' (default: each attribute's own default) or the text edit's scale (default 1.0)."),
     text: Optional[str] = typer.Option(None, "--text", help="CLIP text edit target, e.g. 'face with beard' (needs open-clip-torch and its ViT-B/16 weights)."),
     neutral: str = typer.Option("face", "--neutral", help="CLIP text edit source description."),
     clip_steps: int = typer.Option(200, "--clip-steps", min=1, help="Optimisation steps for a text edit (the paper uses 2000)."),
-    side_by_side: bool = typer.Option(False, "--side-by-side", help="Write original and edit next to each other."),
+    side_by_side: bool = typer.Option(False, "--side-by-side", help="Write original | edit next to each other (twice the width)."),
     sampler: str = SamplerOpt,
     steps: int = StepsOpt,
     batch_size: int = BatchOpt,
@@ -146,6 +178,7 @@ def edit(
     precision: str = PrecisionOpt,
     temporal_window: int = typer.Option(1, "--temporal-window", min=1, help="Sliding-window cross-frame attention over this many frames (1 = the official per-frame attention; odd sizes are centred, even ones lean to the past). Changes outputs vs the official model; batches get window//2 context frames on each side."),
     face: str = FaceOpt,
+    max_gap: int = MaxGapOpt,
     feather: float = typer.Option(8.0, "--feather", min=0.0, help="Width in pixels (of a 256 px crop) of the soft edge of the paste-back mask; 0 = hard official mask."),
     mask: str = typer.Option("auto", "--mask", help="Paste-back mask: 'parser' (face parser, as official), 'hull' (landmark hull) or 'auto' (parser with real weights, hull with demo weights)."),
     crf: int = typer.Option(18, "--crf", min=0, max=51, help="H.264 quality (lower is better, 18 is visually lossless)."),
@@ -157,16 +190,23 @@ def edit(
     preset: Optional[str] = PresetOpt,
     weights_dir: Optional[Path] = WeightsDirOpt,
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Edit the face in a video: same length, frame rate and audio, one consistent edit in every frame."""
+    """Edit the face in a video: same size, length, frame rate and audio, one consistent edit in every frame.
+
+    Without --attr or --text it writes a reconstruction: every frame decoded back from its inversion
+    with the unedited mean identity (shows what the model keeps of the face). Frames without the
+    face are written unchanged.
+    """
     from fvedit.jobs import EditRequest, run_edit
 
     _logging(verbose)
     out = output or video.with_name(f"{video.stem}.edited.mp4")
     opts = _options(sampler=sampler, steps=steps, face=face, batch_size=batch_size, cache_dir=cache_dir,
-                    use_cache=not no_cache, feather_px=feather, mask=mask, crf=crf, side_by_side=side_by_side, quiet=quiet)
+                    use_cache=not no_cache, feather_px=feather, mask=mask, crf=crf, side_by_side=side_by_side,
+                    quiet=quiet, max_gap=max_gap, threads=threads)
     if mask not in ("auto", "parser", "hull"):
         raise InputError(f"unknown --mask {mask!r}: use auto, parser or hull")
     if no_cache and from_cache:
@@ -187,18 +227,25 @@ def encode(
     precision: str = PrecisionOpt,
     temporal_window: int = typer.Option(1, "--temporal-window", min=1, help="As for `fvedit edit`: an edit that uses a window must find an encoding made with the same window and batch size."),
     face: str = FaceOpt,
+    max_gap: int = MaxGapOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute and overwrite an existing encoding."),
     preset: Optional[str] = PresetOpt,
     weights_dir: Optional[Path] = WeightsDirOpt,
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Invert a video once (align, identities, landmarks, x_T) and cache it, so later edits skip the inversion."""
+    """Invert a video once (align, identities, landmarks, x_T) and cache it, so later edits skip the inversion.
+
+    An edit finds the encoding when it uses the same sampler, steps, face, --max-gap, backend, precision
+    and temporal window.
+    """
     from fvedit.jobs import EditRequest, run_edit
 
     opts = _options(sampler=sampler, steps=steps, face=face, batch_size=batch_size, cache_dir=cache_dir, quiet=quiet,
-                    precision=precision, temporal_window=temporal_window, use_cache=not no_cache)
+                    precision=precision, temporal_window=temporal_window, use_cache=not no_cache, max_gap=max_gap,
+                    threads=threads)
     run_edit(video, None, EditRequest([]), preset=preset, weights_dir=weights_dir, device=device, backend=backend, opts=opts)
 
 
@@ -215,7 +262,7 @@ def attrs() -> None:
 
 @app.command()
 def demo(
-    out_dir: Path = typer.Option(Path("fvedit-demo"), "--out-dir", "-o", help="Folder for input.mp4, edited.mp4 and side_by_side.mp4."),
+    out_dir: Path = typer.Option(Path("fvedit-demo"), "--out-dir", "-o", help="Folder for input.mp4, edited.mp4, side_by_side.mp4 and the encode cache (cache/)."),
     attr: list[str] = typer.Option(["young"], "--attr", "-a", help="Attribute edit(s) to apply, as for `fvedit edit`."),
     frames: int = typer.Option(24, "--frames", min=2, help="Length of the generated test video."),
     sampler: str = SamplerOpt,
@@ -224,25 +271,60 @@ def demo(
     backend: str = BackendOpt,
     preset: Optional[str] = PresetOpt,
     device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Make a short face video with motion and sound (scikit-image's astronaut) and edit it, offline."""
+    """Make a short face video with motion and sound (scikit-image's astronaut) and edit it, offline.
+
+    Uses imported weights when there are any, else the untrained demo weights: then the edited face
+    is deterministic noise that shows the pipeline (tracking, inversion, decoding, paste-back, timing
+    and audio kept), not DVA's quality, and the files say so in their metadata (comment tag).
+    """
     from fvedit.jobs import run_demo
 
-    opts = _options(sampler=sampler, steps=steps, face="largest", batch_size=batch_size, quiet=quiet)
+    opts = _options(sampler=sampler, steps=steps, face="largest", batch_size=batch_size, quiet=quiet,
+                    cache_dir=out_dir / "cache", threads=threads)
     run_demo(out_dir, attrs=list(attr), frames=frames, preset=preset, device=device, backend=backend, opts=opts)
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM. Not a KeyboardInterrupt, so typer/click do not swallow it into 'Aborted!'."""
+
+    def __init__(self, signum: int, stage: str | None):
+        super().__init__(signum)
+        self.signum, self.stage = signum, stage
+
+
+def _interrupt(signum, frame) -> None:
+    import signal
+
+    from fvedit.progress import current_stage
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # let the clean-up run to its end
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum, current_stage())
+
+
+def _interrupted_message(err: Interrupted, argv: list[str] | None) -> str:
+    import signal
+
+    words = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("-")][:1]
+    command = "fvedit " + " ".join(words) if words else "fvedit"
+    what = "interrupted (Ctrl-C)" if err.signum == signal.SIGINT else "terminated (SIGTERM)"
+    during = f" during '{err.stage}'" if err.stage else ""
+    return f"{what}: {command} stopped{during}; no partial output was kept"
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: turn fvedit errors into a one-line message and an exit code."""
     import signal
 
-    def _terminate(signum, frame):  # SIGTERM: unwind like Ctrl-C (exit 130) so no partial output is left
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         app(args=argv, standalone_mode=True)
+    except Interrupted as err:
+        typer.echo(_interrupted_message(err, argv), err=True)
+        sys.exit(128 + err.signum)
     except FveditError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
@@ -255,6 +337,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.echo("error: the GPU ran out of memory; try a smaller --batch-size or --precision fp16", err=True)
         sys.exit(1)
+    finally:
+        for sig, handler in previous.items():  # main() may be called in-process (tests, notebooks)
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from fvedit.loading import load_for_run
 from fvedit.pipeline import EditIdentity, EditSummary, PipelineOptions, decode_and_paste, encode_video
 from fvedit.progress import StageTimes, console, progress_bar
 from fvedit.runtime.device import resolve_device
+from fvedit.video import check_output
 from fvedit.weights.store import LoadedWeights
 
 
@@ -45,29 +46,18 @@ def _echo(quiet: bool):
     return (lambda m: None) if quiet else (lambda m: console.print(m, highlight=False))
 
 
-def make_eps_model(weights: LoadedWeights, backend: str, device: torch.device, precision: str = "fp16", temporal_window: int = 1):
+def make_eps_model(weights: LoadedWeights, backend: str, device: torch.device, precision: str = "fp16",
+                   temporal_window: int = 1, threads: int | None = None):
     """The UNet call (x, t, z_face) -> eps on the chosen backend (see fvedit.runtime.backends)."""
     from fvedit.runtime.backends import make_backend
 
-    return make_backend(backend, weights.model, device, dtype=precision, temporal_window=temporal_window)
+    return make_backend(backend, weights.model, device, dtype=precision, temporal_window=temporal_window, threads=threads)
 
 
-OUTPUT_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv")
-
-
-def check_output_path(output: Path, video: Path) -> None:
-    """Fail before any slow work when the output cannot be written."""
-    if output.exists() and output.resolve() == video.resolve():
-        raise InputError(f"refusing to overwrite the input {video}; choose another -o path")
-    if output.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise InputError(f"output {output} must end in {', '.join(OUTPUT_SUFFIXES)}")
-    folder = output.parent if str(output.parent) else Path(".")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"cannot create the output folder {folder}: {err.strerror or err}") from None
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"the output folder {folder} is not writable")
+DEMO_TAG = (
+    "made by fvedit with UNTRAINED demo weights: the face is deterministic noise that exercises the "
+    "pipeline, not an edit; import the DVA weights for real edits"
+)
 
 
 def prepare_edit(weights: LoadedWeights, request: EditRequest, device: torch.device, quiet: bool):
@@ -119,9 +109,10 @@ def print_summary(summary: EditSummary, weights: LoadedWeights, backend: str, op
         say(f"face: in {summary.frames - summary.passed_through} of {summary.frames} frames "
             f"({summary.bridged} bridged detection misses); {summary.passed_through} frames without it passed through unchanged")
     say(f"edit: {summary.edit}; encode cache: {'hit, inversion skipped' if summary.cache_hit else 'miss, saved'} ({summary.cache_folder})")
+    width = max([22, *(len(name) + 1 for name in summary.times.seconds)])
     for name, sec in summary.times.seconds.items():
-        say(f"  {name:<22}{sec:9.2f} s  {1000 * sec / max(summary.frames, 1):9.1f} ms/frame")
-    say(f"  {'total':<22}{summary.times.total:9.2f} s  {summary.per_frame_ms:9.1f} ms/frame")
+        say(f"  {name:<{width}}{sec:9.2f} s  {1000 * sec / max(summary.frames, 1):9.1f} ms/frame")
+    say(f"  {'total':<{width}}{summary.times.total:9.2f} s  {summary.per_frame_ms:9.1f} ms/frame")
     if summary.output is not None:
         say(f"wrote [bold]{summary.output}[/bold]")
 
@@ -141,23 +132,38 @@ def run_edit(
     started = time.perf_counter()
     dev = resolve_device(device)
     opts.device = dev
-    echo = _echo(opts.quiet)
     times = StageTimes()
     if not video.is_file():
         raise InputError(f"video not found: {video}")
-    if output is not None:
-        check_output_path(output, video)
     if opts.metrics and opts.side_by_side:
         raise InputError("--metrics compares the edit with the input frame by frame; it cannot read a --side-by-side output")
+    plan = check_output(output, inputs=[video]) if output is not None else None  # before any slow work
+    try:
+        return _run_edit(video, output, request, preset=preset, weights_dir=weights_dir, dev=dev, backend=backend,
+                         opts=opts, times=times, started=started)
+    except BaseException:
+        if plan is not None:
+            plan.cleanup()  # the folders this run made for the output (the writer removed its partial)
+        raise
+
+
+def _run_edit(
+    video: Path, output: Path | None, request: EditRequest, *, preset: str | None, weights_dir: Path | None,
+    dev: torch.device, backend: str, opts: PipelineOptions, times: StageTimes, started: float,
+) -> EditSummary:
+    """run_edit after the checks that need no work: the output path is known to be writable."""
+    echo = _echo(opts.quiet)
     with times.stage("load weights"):
         weights = load_for_run(weights_dir, preset, dev, echo=lambda m: console.print(m, style="yellow"))
         apply_edit = prepare_edit(weights, request, dev, opts.quiet)
-        eps_model = make_eps_model(weights, backend, dev, opts.precision, opts.temporal_window)
+        eps_model = make_eps_model(weights, backend, dev, opts.precision, opts.temporal_window, opts.threads)
     enc, info, hit = encode_video(video, weights, eps_model, opts, times, echo)
     with times.stage("edit identity"):
         identity = apply_edit(enc)
     if output is not None:
-        decode_and_paste(video, output, enc, info, weights, eps_model, identity.z_id, opts, times)
+        tags = {"comment": DEMO_TAG} if weights.is_demo else {}
+        decode_and_paste(video, output, enc, info, weights, eps_model, identity.z_id, opts, times,
+                         writer_options={"metadata": tags, "threads": opts.threads})
     times.add("other (video decoding, overhead)", max(0.0, time.perf_counter() - started - times.total))
     summary = EditSummary(output, enc.num_frames, times, hit, enc.folder, info, identity.description,
                           passed_through=int((~enc.present).sum()), bridged=int((enc.present & ~enc.detected).sum()))
@@ -197,5 +203,6 @@ def run_demo(out_dir: Path, *, attrs: list[str], frames: int, preset: str | None
     opts.quiet = True
     run_edit(source, out_dir / "side_by_side.mp4", EditRequest(attrs=attrs), preset=preset, weights_dir=None,
              device=device, backend=backend, opts=opts)
-    console.print(f"demo folder {out_dir}: input.mp4, edited.mp4, side_by_side.mp4 (the second edit reused the encode cache)")
+    console.print(f"demo folder {out_dir}: input.mp4, edited.mp4, side_by_side.mp4, and cache/ "
+                  "(the encode cache: the second edit reused it)")
     return edited

@@ -66,6 +66,7 @@ class PipelineOptions:
     precision: str = "fp16"  # for the torch/onnx/tensorrt backends on a GPU
     temporal_window: int = 1  # sliding-window cross-frame attention (1 = official per-frame attention)
     metrics: bool = False  # measure the written edit against the input (fvedit edit --metrics)
+    threads: int | None = None  # CPU threads for torch, onnxruntime and x264 (None: their defaults)
     quiet: bool = False
 
 

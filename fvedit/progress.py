@@ -12,6 +12,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True, highlight=False)
+_running: list[str] = []  # names of the stages running now, outermost first (for interrupt messages)
+
+
+def current_stage() -> str | None:
+    """The innermost stage running now, or None (what an interrupt message names)."""
+    return _running[-1] if _running else None
 
 
 @dataclass
@@ -26,9 +32,11 @@ class StageTimes:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
+        _running.append(name)
         try:
             yield
         finally:
+            _running.pop()
             self.add(name, time.perf_counter() - t0)
 
     @property

@@ -74,3 +74,99 @@ def test_unknown_sampler_and_device_are_input_errors(tmp_path, capsys, monkeypat
 def test_explicit_weights_dir_without_manifest_is_an_error(tmp_path, capsys):
     code, _, err = run_cli(["reconstruct", "--weights-dir", str(tmp_path), "-o", str(tmp_path / "o.png")], capsys)
     assert code == 2 and "no imported weights" in err
+
+
+# -- help, switches, exit codes --------------------------------------------------------------------
+
+COMMANDS = [[], ["edit"], ["encode"], ["demo"], ["reconstruct"], ["metrics"], ["bench"], ["export"], ["info"],
+            ["attrs"], ["weights"], ["weights", "import-dva"], ["weights", "verify"], ["weights", "fetch"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: "-".join(c) or "top")
+def test_help_shows_switches_as_switches_and_explains_every_option(command, capsys):
+    import typer
+
+    from fvedit.cli import app
+
+    code, out, _ = run_cli(command + ["--help"], capsys)
+    assert code == 0 and "<bool>" not in out  # a switch takes no value
+    group = typer.main.get_command(app)
+    cmd = group
+    for name in command:
+        cmd = cmd.commands[name]
+    for param in cmd.params:
+        if param.param_type_name == "option":
+            assert (param.help or "").strip(), f"{' '.join(command)} {param.opts} has no help"
+
+
+def test_a_switch_takes_no_value(tmp_path, capsys):
+    code, _, err = run_cli(["edit", str(tmp_path / "x.mp4"), "--side-by-side", "true"], capsys)
+    assert code == 2 and "true" in err  # 'true' is an unexpected extra argument, as the help implies
+
+
+def test_help_texts_say_what_users_need(capsys):
+    from fvedit.config import PRESETS
+
+    _, top, _ = run_cli(["--help"], capsys)
+    for words in ("Exit codes", "130", "143", "UNTRAINED demo weights"):
+        assert words in top
+    _, edit, _ = run_cli(["edit", "--help"], capsys)
+    flat = " ".join(edit.split())
+    assert "reconstruction" in flat and "overwritten" in flat and "--max-gap" in flat and "--threads" in flat
+    _, imp, _ = run_cli(["weights", "import-dva", "--help"], capsys)
+    assert all(f"'{name}'" in " ".join(imp.split()) for name in PRESETS)
+
+
+def test_max_gap_default_is_the_trackers():
+    from fvedit.cli import MaxGapOpt
+    from fvedit.face.track import DEFAULT_MAX_GAP
+
+    assert MaxGapOpt.default == DEFAULT_MAX_GAP
+
+
+def test_threads_default_to_the_available_cores():
+    import torch
+
+    from fvedit.runtime.device import available_cores, set_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(None) == available_cores() == torch.get_num_threads()
+        assert set_threads(1) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+# -- Ctrl-C and SIGTERM ------------------------------------------------------------------------
+
+INTERRUPT_SCRIPT = """
+import os, signal, sys
+from fvedit import sampling
+from fvedit.cli import main
+
+original = sampling.SamplerSpec.encode
+def encode(self, *args, **kwargs):  # the signal arrives while the inversion runs
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    return original(self, *args, **kwargs)
+sampling.SamplerSpec.encode = encode
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("sig,code,words", [("SIGINT", 130, "interrupted (Ctrl-C)"), ("SIGTERM", 143, "terminated (SIGTERM)")])
+def test_interrupt_prints_one_line_exits_128_plus_signal_and_keeps_nothing(tmp_path, sig, code, words):
+    from fvedit.synth import make_face_video
+
+    video = make_face_video(tmp_path / "in.mp4", frames=4, size=(320, 240), face_scale=0.6, audio=False)
+    out = tmp_path / "out" / "o.mp4"
+    env = dict(__import__("os").environ, FVEDIT_WEIGHTS_DIR=str(tmp_path / "none"), FVEDIT_CACHE_DIR=str(tmp_path / "cache"))
+    res = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_SCRIPT, sig, "edit", str(video), "-o", str(out), "--steps", "2",
+         "--preset", "tiny", "--device", "cpu", "-q"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert res.returncode == code, res.stderr
+    lines = [l for l in res.stderr.splitlines() if l.strip() and not l.startswith("note:") and "demo weights" not in l and "fvedit weights" not in l]
+    assert lines == [f"{words}: fvedit edit stopped during 'encode (inversion)'; no partial output was kept"]
+    assert not out.exists() and not (tmp_path / "out").exists()  # the folder it made is gone too
+    assert not list((tmp_path / "cache").rglob("*partial*"))

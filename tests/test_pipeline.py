@@ -231,7 +231,7 @@ def test_cli_edit_with_metrics_writes_json_and_plot(face_video, tmp_path, capsys
 def test_output_problems_fail_before_any_work(face_video, tmp_path, capsys):
     base = ["edit", str(face_video), "--steps", "2", "--preset", "tiny", "--device", "cpu"]
     code, text = run_cli(base + ["-o", str(tmp_path / "o.xyz")], capsys)
-    assert code == 2 and "must end in" in text
+    assert code == 2 and "has the extension '.xyz'; use .mp4" in text
     code, text = run_cli(base + ["-o", str(tmp_path / "o.mp4"), "--side-by-side", "--metrics"], capsys)
     assert code == 2 and "side-by-side" in text
     code, text = run_cli(base + ["-o", str(tmp_path / "o.mp4"), "--no-cache", "--from-cache"], capsys)
@@ -259,3 +259,55 @@ def test_window_encodings_are_keyed_by_batch_size(face_video, tmp_path):
     c = run_edit(face_video, None, EditRequest([]), opts=opts(tmp_path, temporal_window=1, batch_size=2), **FAST)
     d = run_edit(face_video, None, EditRequest([]), opts=opts(tmp_path, temporal_window=1, batch_size=3), **FAST)
     assert a.cache_folder != b.cache_folder and c.cache_folder == d.cache_folder and d.cache_hit
+
+
+def test_output_that_cannot_be_written_fails_before_alignment(face_video, tmp_path, capsys, monkeypatch):
+    """A hard link to the input, or a place where no file can be created, fails in milliseconds."""
+    import fvedit.pipeline as pipeline
+
+    def no_alignment(*a, **k):
+        raise AssertionError("alignment started although the output cannot be written")
+
+    monkeypatch.setattr(pipeline, "align_video", no_alignment)
+    link = tmp_path / "link.mp4"
+    import os
+
+    os.link(face_video, link)
+    for target, words in ((link, "refusing to overwrite the input"), (Path("/proc/fvedit-test/out.mp4"), "/proc/fvedit-test/out.mp4")):
+        code, text = run_cli(["edit", str(face_video), "-o", str(target), "--steps", "2", "--preset", "tiny",
+                              "--device", "cpu"], capsys)
+        errors = [line for line in text.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and words in errors[0] and ".partial" not in errors[0], text
+    assert not (tmp_path / "cache").exists()
+
+
+def test_failed_run_into_a_missing_folder_removes_the_folder(tmp_path, capsys):
+    noface = make_no_face_video(tmp_path / "noface.mp4", frames=3, size=(160, 120))
+    target = tmp_path / "new" / "deeper" / "o.mp4"
+    code, _ = run_cli(["edit", str(noface), "-o", str(target), "--steps", "2", "--preset", "tiny", "--device", "cpu"], capsys)
+    assert code == 2 and not (tmp_path / "new").exists()
+
+
+def test_demo_weight_outputs_are_tagged_and_threads_reach_the_encoder(face_video, tmp_path, monkeypatch):
+    seen: dict = {}
+    original = VideoWriter.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(VideoWriter, "__init__", spy)
+    out = tmp_path / "tagged.mp4"
+    run_edit(face_video, out, EditRequest(["young"]), opts=opts(tmp_path, threads=1), **FAST)
+    assert seen["threads"] == 1
+    with av.open(str(out)) as container:
+        assert "UNTRAINED demo weights" in container.metadata.get("comment", "")
+
+
+def test_demo_keeps_its_cache_in_its_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FVEDIT_CACHE_DIR")
+    code, text = run_cli(["demo", "-o", str(tmp_path / "demo"), "--frames", "3", "--steps", "2", "--preset", "tiny",
+                          "--device", "cpu", "--threads", "1"], capsys)
+    assert code == 0, text
+    assert (tmp_path / "demo" / "edited.mp4").exists() and list((tmp_path / "demo" / "cache").iterdir())
+    assert "cache/" in text

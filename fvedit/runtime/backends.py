@@ -166,6 +166,7 @@ def make_backend(
     boundary: str = "shrink",
     onnx_path: str | Path | None = None,
     engine_path: str | Path | None = None,
+    threads: int | None = None,
 ) -> UNetBackend:
     """Build the backend `name` for `model` (a DVAModel, or its UNet) on `device`.
 
@@ -173,7 +174,8 @@ def make_backend(
     the torch backend turns fp16 into fp32, as CPU fp16 convolutions are slow). temporal_window > 1
     turns on sliding-window cross-frame attention (reference and torch only: exported graphs have
     per-frame attention). onnx_path / engine_path default to what `fvedit export` wrote for these
-    weights (see `fvedit.runtime.onnx_backend.default_export_dir`).
+    weights (see `fvedit.runtime.onnx_backend.default_export_dir`). threads sizes onnxruntime's
+    CPU thread pool (torch's is set with torch.set_num_threads).
     """
     name = (name or "auto").strip().lower()
     if name not in BACKENDS:
@@ -216,7 +218,7 @@ def make_backend(
         if device.type == "cpu" and precision != "fp32":
             precision = "fp32"  # onnxruntime's CPU kernels are fp32 kernels
         path = Path(onnx_path) if onnx_path is not None else find_exported_onnx(unet, precision)
-        return OnnxBackend(path, device, unet=unet)
+        return OnnxBackend(path, device, unet=unet, threads=threads)
     # tensorrt
     from fvedit.runtime.tensorrt_backend import TensorRTBackend, find_engine, tensorrt_missing_message
 

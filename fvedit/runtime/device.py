@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from fvedit.errors import InputError
@@ -23,3 +25,24 @@ def resolve_device(spec: str = "auto") -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"device {spec!r} is not supported: use auto, cpu, cuda or cuda:N")
     return dev
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def set_threads(threads: int | None) -> int:
+    """Size torch's intra-op pool (`--threads`; default: every available core); returns the count.
+
+    onnxruntime and the x264 encoder are given the same number by the job that builds them.
+    """
+    count = available_cores() if threads is None else int(threads)
+    if count < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return count

@@ -104,7 +104,8 @@ class OnnxBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", *, unet: torch.nn.Module | None = None):
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", *, unet: torch.nn.Module | None = None,
+                 threads: int | None = None):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -118,6 +119,8 @@ class OnnxBackend:
         self.device = torch.device(device)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:  # otherwise onnxruntime sizes its pool to every core, whatever torch was told
+            options.intra_op_num_threads = int(threads)
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=ort_providers(self.device))
         except Exception as err:  # onnxruntime raises its own exception types

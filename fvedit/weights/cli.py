@@ -69,7 +69,14 @@ def import_dva_command(
         ),
     ] = None,
     weights_dir: WeightsDirOption = None,
-    preset: Annotated[str, typer.Option("--preset", help="Model preset the checkpoint must match.")] = "dva256",
+    preset: Annotated[
+        str,
+        typer.Option(
+            "--preset",
+            help="Model preset the checkpoint must match: 'dva256' (the official release) or 'tiny' "
+            "(the small test architecture).",
+        ),
+    ] = "dva256",
 ) -> None:
     """Convert the official release into safetensors + manifest (no code in the files is run)."""
     from fvedit.weights.importer import import_dva
