@@ -311,3 +311,16 @@ def test_demo_keeps_its_cache_in_its_folder(tmp_path, capsys, monkeypatch):
     assert code == 0, text
     assert (tmp_path / "demo" / "edited.mp4").exists() and list((tmp_path / "demo" / "cache").iterdir())
     assert "cache/" in text
+
+
+@pytest.mark.parametrize("size", [(321, 240), (320, 241)], ids=["odd-width", "odd-height"])
+def test_odd_sizes_come_back_exactly(tmp_path, size, capsys):
+    video = make_face_video(tmp_path / "odd.mp4", frames=3, size=size, face_scale=0.6, audio=False)
+    out = tmp_path / "odd_out.mp4"
+    code, text = run_cli(["edit", str(video), "-o", str(out), "--steps", "2", "--preset", "tiny", "--device", "cpu",
+                          "--backend", "reference"], capsys)
+    assert code == 0, text
+    info = probe(out)
+    assert (info.width, info.height, info.frame_count) == (*size, 3)
+    assert all(f.rgb.shape[:2] == (size[1], size[0]) for f in iter_frames(out))
+    assert f"{size[0]}x{size[1]}" in text  # and the summary says the size it wrote
