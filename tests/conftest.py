@@ -21,6 +21,22 @@ from fvedit import synth
 SMALL = (160, 120)
 
 
+@pytest.fixture
+def recorded(monkeypatch):
+    """Frames handed to the video writer (exact pixels, before H.264 compression)."""
+    from fvedit.video import VideoWriter
+
+    frames: list[np.ndarray] = []
+    original = VideoWriter.write
+
+    def spy(self, frame, pts=None):
+        frames.append(np.array(frame.rgb))
+        return original(self, frame, pts)
+
+    monkeypatch.setattr(VideoWriter, "write", spy)
+    return frames
+
+
 @pytest.fixture(scope="session")
 def media_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("media")

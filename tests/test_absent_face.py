@@ -16,7 +16,7 @@ from fvedit.jobs import EditRequest, run_edit
 from fvedit.pipeline import FADE_FRAMES, PipelineOptions, fade_weights, plan_batches
 from fvedit.sampling import SamplerSpec
 from fvedit.synth import make_face_video
-from fvedit.video import VideoWriter, iter_frames
+from fvedit.video import iter_frames
 
 FAST = dict(preset="tiny", weights_dir=None, device="cpu", backend="reference")
 LEAVES = range(6, 12)  # the person is out of the shot on these frames
@@ -38,20 +38,6 @@ def clips(tmp_path_factory) -> dict[str, Path]:
         "blur": make_face_video(root / "blur.mp4", frames=10, blurred_frames=(3, 4), **common),
         "late": make_face_video(root / "late.mp4", frames=10, hidden_frames=STARTS_WITHOUT, **common),
     }
-
-
-@pytest.fixture
-def recorded(monkeypatch):
-    """Frames handed to the video writer (exact pixels, before H.264 compression)."""
-    frames: list[np.ndarray] = []
-    original = VideoWriter.write
-
-    def spy(self, frame, pts=None):
-        frames.append(np.array(frame.rgb))
-        return original(self, frame, pts)
-
-    monkeypatch.setattr(VideoWriter, "write", spy)
-    return frames
 
 
 def edit(video: Path, tmp_path: Path, **kw):

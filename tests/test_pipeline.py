@@ -37,20 +37,6 @@ def opts(tmp_path: Path, **kw) -> PipelineOptions:
     return PipelineOptions(**base)
 
 
-@pytest.fixture
-def recorded(monkeypatch):
-    """Frames handed to the video writer (exact pixels, before H.264 compression)."""
-    frames: list[np.ndarray] = []
-    original = VideoWriter.write
-
-    def spy(self, frame, pts=None):
-        frames.append(np.array(frame.rgb))
-        return original(self, frame, pts)
-
-    monkeypatch.setattr(VideoWriter, "write", spy)
-    return frames
-
-
 def audio_packets(path: Path) -> list[bytes]:
     with av.open(str(path)) as c:
         return [bytes(p) for p in c.demux(audio=0) if p.size]
