@@ -6,7 +6,6 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad arguments or bad input (one-line `err
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -142,7 +141,6 @@ def _options(**kw):
     from fvedit.pipeline import PipelineOptions
     from fvedit.sampling import SamplerSpec
     from fvedit.face.track import parse_selection
-
     from fvedit.runtime.device import set_threads
 
     sampler, steps = kw.pop("sampler"), kw.pop("steps")

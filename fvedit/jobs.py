@@ -6,7 +6,6 @@ and prints a summary of where the time went.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -15,7 +15,6 @@ import hashlib
 import http.server
 import json
 import os
-import pickle
 import subprocess
 import sys
 import threading

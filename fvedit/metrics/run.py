@@ -210,7 +210,6 @@ def compute_metrics(
     )
 
 
-
 def _scatter(values: np.ndarray, present: np.ndarray) -> np.ndarray:
     """float64 [N]: the measured values at the frames with the face, NaN elsewhere."""
     out = np.full(present.shape, np.nan, dtype=np.float64)
