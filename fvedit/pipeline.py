@@ -34,7 +34,7 @@ from fvedit.encode_cache import (
 )
 from fvedit.errors import InputError
 from fvedit.face.align import OFFICIAL_SIGMAS, align_video, crop_homography
-from fvedit.face.track import DEFAULT_MAX_GAP, present_runs
+from fvedit.face.track import DEFAULT_MAX_GAP, nearest_known, present_runs
 from fvedit.paste import face_masks_in_crops, feather, paste_back
 from fvedit.progress import StageTimes, progress_bar
 from fvedit.sampling import SamplerSpec
@@ -140,13 +140,9 @@ def fade_weights(present: np.ndarray, frames: int = FADE_FRAMES) -> np.ndarray:
     """float32 [N]: 1 for frames far from any frame without the face, ramping down to 1/(frames+1)
     next to one, 0 on frames without the face (they are not pasted at all)."""
     present = np.asarray(present, dtype=bool)
-    n = len(present)
-    absent = np.flatnonzero(~present)
-    if not absent.size:
-        return np.ones(n, dtype=np.float32)
-    pos = np.arange(n)
-    k = np.searchsorted(absent, pos)
-    dist = np.minimum(np.abs(pos - absent[np.clip(k - 1, 0, absent.size - 1)]), np.abs(absent[np.clip(k, 0, absent.size - 1)] - pos))
+    if present.all():
+        return np.ones(len(present), dtype=np.float32)
+    dist = np.abs(np.arange(len(present)) - nearest_known(~present))  # to the nearest frame without it
     return np.minimum(1.0, dist / (frames + 1.0)).astype(np.float32)
 
 
@@ -320,9 +316,10 @@ def alignment_notes(alignment, opts: PipelineOptions) -> list[str]:
     return notes
 
 
-def _alpha_masks(weights: LoadedWeights, enc: Encoding, frames: np.ndarray, x0: torch.Tensor, opts: PipelineOptions) -> np.ndarray:
-    """Feathered paste-back alpha per crop (the face parser's mask, or the landmark hull), faded
-    next to frames without the face (`fade_weights`)."""
+def _alpha_masks(weights: LoadedWeights, enc: Encoding, frames: np.ndarray, x0: torch.Tensor, opts: PipelineOptions,
+                 fade: np.ndarray) -> np.ndarray:
+    """Feathered paste-back alpha per crop (the face parser's mask, or the landmark hull), times
+    `fade` (the video's `fade_weights`, per frame) next to frames without the face."""
     size = weights.config.image_size
     use_parser = opts.mask == "parser" or (opts.mask == "auto" and not weights.is_demo)
     if use_parser:
@@ -331,8 +328,7 @@ def _alpha_masks(weights: LoadedWeights, enc: Encoding, frames: np.ndarray, x0: 
     else:
         masks = face_masks_in_crops(enc.landmarks[frames], enc.quads[frames], size)
     width = opts.feather_px * size / 256
-    fade = fade_weights(enc.present)[frames]
-    return np.stack([feather(m, width) * w for m, w in zip(masks, fade)]).astype(np.float32)
+    return np.stack([feather(m, width) * w for m, w in zip(masks, fade[frames])]).astype(np.float32)
 
 
 def decode_and_paste(
@@ -352,6 +348,7 @@ def decode_and_paste(
     model, n = weights.model, enc.num_frames
     width = info.width * (2 if opts.side_by_side else 1)
     hom = crop_homography(np.asarray(enc.quads), weights.config.image_size)
+    fade = fade_weights(enc.present)
     by_chunk: dict[int, list[FrameBatch]] = {}
     for batch in plan_batches(enc.present, opts.batch_size, opts.temporal_window):
         by_chunk.setdefault(int(batch.frames[0]) // opts.batch_size, []).append(batch)
@@ -372,7 +369,7 @@ def decode_and_paste(
                     decoded = opts.sampler.decode(lambda x, t: eps_model(x, t, z_face), x_T)
                     edited = tensor_to_crops(decoded[torch.from_numpy(batch.keep)])
                 with times.stage("paste"):
-                    alpha = _alpha_masks(weights, enc, batch.frames, x0, opts)
+                    alpha = _alpha_masks(weights, enc, batch.frames, x0, opts, fade)
                     frames = np.stack([out[i - start] for i in batch.frames])
                     for i, pasted in zip(batch.frames, paste_back(frames, edited, alpha, hom[batch.frames])):
                         out[i - start] = pasted
