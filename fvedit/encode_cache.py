@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from fvedit.face.track import FacePresence
 from fvedit.partials import create_partial_dir, owner_pid, remove_orphans
 from fvedit.weights.store import sha256_file as file_sha256
 
@@ -154,7 +155,7 @@ STREAMED = ("crops", "x_T")  # large arrays kept on disk; the rest is small and 
 
 
 @dataclass
-class Encoding:
+class Encoding(FacePresence):
     """A complete, verified encoding (arrays memory-mapped read-only)."""
 
     folder: Path
@@ -171,11 +172,6 @@ class Encoding:
     @property
     def num_frames(self) -> int:
         return int(self.x_T.shape[0])
-
-    @property
-    def present_frames(self) -> np.ndarray:
-        """Indices of the frames that have the face (the only ones with crops, features and x_T)."""
-        return np.flatnonzero(self.present)
 
     @property
     def z_id_mean(self) -> np.ndarray:

@@ -165,7 +165,7 @@ def _run_edit(
                          writer_options={"metadata": tags, "threads": opts.threads})
     times.add("other (video decoding, overhead)", max(0.0, time.perf_counter() - started - times.total))
     summary = EditSummary(output, enc.num_frames, times, hit, enc.folder, info, identity.description,
-                          passed_through=int((~enc.present).sum()), bridged=int((enc.present & ~enc.detected).sum()))
+                          passed_through=enc.num_absent, bridged=enc.num_bridged)
     if not opts.quiet:
         print_summary(summary, weights, eps_model.describe() if hasattr(eps_model, "describe") else backend, opts)
     if opts.metrics and output is not None:

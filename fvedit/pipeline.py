@@ -226,7 +226,7 @@ def encode_video(
         echo(f"note: {note}")
 
     present = alignment.present
-    kept = np.flatnonzero(present)
+    kept = alignment.present_frames
     dim = weights.config.encoder.id_dim
     writer = EncodingWriter(
         cache_dir,
@@ -302,13 +302,13 @@ def alignment_notes(alignment, opts: PipelineOptions) -> list[str]:
     n = alignment.num_frames
     if alignment.max_faces_seen > 1:
         notes.append(f"up to {alignment.max_faces_seen} faces per frame; editing the one chosen by --face {opts.face}")
-    bridged = np.flatnonzero(alignment.present & ~alignment.detected)
+    bridged = alignment.bridged_frames
     if bridged.size:
         notes.append(
             f"the detector missed the face in {bridged.size} of {n} frames ({_frame_list(bridged)}) and a second, "
             "more sensitive look found it there; those frames are edited with interpolated landmarks"
         )
-    absent = np.flatnonzero(~alignment.present)
+    absent = alignment.absent_frames
     if absent.size:
         notes.append(f"no face in {absent.size} of {n} frames ({_frame_list(absent)}); they are passed through unchanged")
     for frame in alignment.reacquired:

@@ -25,7 +25,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from fvedit.errors import InputError
 from fvedit.face.detect import FaceDetector, check_frame
-from fvedit.face.track import DEFAULT_MAX_GAP, DEFAULT_MIN_RELATIVE_SCORE, Selection, nearest_known, present_runs, track_faces
+from fvedit.face.track import DEFAULT_MAX_GAP, DEFAULT_MIN_RELATIVE_SCORE, FacePresence, Selection, nearest_known, present_runs, track_faces
 
 OFFICIAL_SIGMAS = (1.0, 3.0)  # frames: (centre c, half-axes x and y), as in the official scripts
 OFFICIAL_CROP_SIZE = 1024
@@ -304,7 +304,7 @@ def official_crop_1024(frame: np.ndarray, quad: np.ndarray, *, model_size: int |
 
 
 @dataclass
-class Alignment:
+class Alignment(FacePresence):
     """Everything the crop and paste-back passes need, for N frames.
 
     quads [N, 4, 2] (smoothed per run of frames with the face), homographies [N, 3, 3] (crop of
@@ -331,14 +331,6 @@ class Alignment:
     @property
     def max_faces_seen(self) -> int:
         return int(self.faces_seen.max()) if self.faces_seen.size else 0
-
-    @property
-    def num_bridged(self) -> int:
-        return int((self.present & ~self.detected).sum())
-
-    @property
-    def num_absent(self) -> int:
-        return int((~self.present).sum())
 
     def homographies_for(self, size: int) -> np.ndarray:
         """The crop -> frame maps for another crop size (e.g. 1024 for the official crop)."""

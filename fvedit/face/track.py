@@ -39,8 +39,38 @@ MAX_CONFIRM_SHIFT = 0.5  # a re-checked face's landmarks must centre within 0.5 
 MAX_CONFIRM_SCALE = 1.5  # ... and their size stay within this factor of the expected one
 
 
+class FacePresence:
+    """Which frames have the face, from a class's `detected` and `present` masks (bool [N]).
+
+    Shared by `Track`, `fvedit.face.align.Alignment` and `fvedit.encode_cache.Encoding`.
+    """
+
+    @property
+    def present_frames(self) -> np.ndarray:
+        """Frames that have the face (detected or bridged): the only ones cropped, inverted and edited."""
+        return np.flatnonzero(self.present)
+
+    @property
+    def bridged_frames(self) -> np.ndarray:
+        """Detection misses where the re-check confirmed the face (they are edited)."""
+        return np.flatnonzero(self.present & ~self.detected)
+
+    @property
+    def absent_frames(self) -> np.ndarray:
+        """Frames without the face: they are passed through unchanged."""
+        return np.flatnonzero(~self.present)
+
+    @property
+    def num_bridged(self) -> int:
+        return int(self.bridged_frames.size)
+
+    @property
+    def num_absent(self) -> int:
+        return int(self.absent_frames.size)
+
+
 @dataclass
-class Track:
+class Track(FacePresence):
     """One face through N frames.
 
     landmarks: float64 [N, 68, 2]: detections where `detected`, bridged where `present` only;
@@ -74,16 +104,6 @@ class Track:
     def num_missing(self) -> int:
         """Frames where the followed face was not detected (bridged or absent)."""
         return int((~self.detected).sum())
-
-    @property
-    def num_bridged(self) -> int:
-        """Detection misses where the re-check confirmed the face."""
-        return int((self.present & ~self.detected).sum())
-
-    @property
-    def num_absent(self) -> int:
-        """Frames without the face: they are passed through unchanged."""
-        return int((~self.present).sum())
 
 
 def parse_selection(text: str) -> Selection:
@@ -348,7 +368,7 @@ class _Tracker:
         gap, self.gap = self.gap, _Gap([])
         if gap.overflow or not gap.frames or not self.can_recheck:
             return
-        before = self.last if (self.last is not None and gap.frames[0][0] == self.last_index + 1) else None
+        before = self.last  # a gap starts right after the last detection (None: the clip's start)
         if before is None and after is None:
             return
         start, stop = gap.frames[0][0] - 1, gap.frames[-1][0] + 1
@@ -389,9 +409,8 @@ class _Tracker:
             interp_box = _fill_from(box_arr, detected, interpolate=True)
             fill = present & ~detected & ~fitted
             lm_arr[fill], box_arr[fill] = interp_lm[fill], interp_box[fill]
-            anchors = present
-            lm_arr = np.where(anchors[:, None, None], lm_arr, _fill_from(lm_arr, anchors, interpolate=False))
-            box_arr = np.where(anchors[:, None], box_arr, _fill_from(box_arr, anchors, interpolate=False))
+            lm_arr = np.where(present[:, None, None], lm_arr, _fill_from(lm_arr, present, interpolate=False))
+            box_arr = np.where(present[:, None], box_arr, _fill_from(box_arr, present, interpolate=False))
         return Track(
             landmarks=lm_arr,
             boxes=box_arr,
