@@ -183,10 +183,24 @@ class DlibDetector:
         self.threshold = float(threshold)
         self.retry_full_res = retry_full_res
 
-    def _boxes(self, image: np.ndarray) -> list[tuple[tuple[int, int, int, int], float]]:
-        """HOG boxes as inclusive pixel index rectangles (left, top, right, bottom) with scores."""
-        rects, scores, _ = self._detector.run(image, self.upsample, self.threshold)
+    def _boxes(
+        self, image: np.ndarray, upsample: int | None = None, threshold: float | None = None
+    ) -> list[tuple[tuple[int, int, int, int], float]]:
+        """HOG boxes as inclusive pixel index rectangles (left, top, right, bottom) with scores
+        (the detector's own upsampling and threshold unless given)."""
+        upsample = self.upsample if upsample is None else upsample
+        threshold = self.threshold if threshold is None else threshold
+        rects, scores, _ = self._detector.run(image, int(upsample), float(threshold))
         return [((r.left(), r.top(), r.right(), r.bottom()), float(s)) for r, s in zip(rects, scores)]
+
+    def _fit(self, frame: np.ndarray, boxes) -> list[Face]:
+        """The 68-point shape predictor at full resolution inside each (box, score)."""
+        faces = []
+        for (l, t, r, b), score in boxes:
+            shape = self._predictor(frame, self._dlib.rectangle(int(l), int(t), int(r), int(b)))
+            lm = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+            faces.append(Face(box=(float(l), float(t), float(r), float(b)), score=score, landmarks68=lm))
+        return faces
 
     def detect_near(self, frame: np.ndarray, box: Box, *, threshold: float = RECHECK_THRESHOLD,
                     margin: float = 0.75) -> list[Face]:
@@ -206,14 +220,8 @@ class DlibDetector:
         if right - left < 16 or bottom - top < 16:
             return []
         region = np.ascontiguousarray(frame[top:bottom, left:right])
-        rects, scores, _ = self._detector.run(region, 1 if side < 100 else 0, float(threshold))
-        faces = []
-        for r, score in zip(rects, scores):
-            l, t, rr, b = r.left() + left, r.top() + top, r.right() + left, r.bottom() + top
-            shape = self._predictor(frame, self._dlib.rectangle(int(l), int(t), int(rr), int(b)))
-            lm = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
-            faces.append(Face(box=(float(l), float(t), float(rr), float(b)), score=float(score), landmarks68=lm))
-        return faces
+        found = self._boxes(region, upsample=1 if side < 100 else 0, threshold=threshold)
+        return self._fit(frame, [((l + left, t + top, r + left, b + top), s) for (l, t, r, b), s in found])
 
     def detect(self, frame: np.ndarray) -> list[Face]:
         frame = check_frame(frame)
@@ -234,13 +242,7 @@ class DlibDetector:
                 boxes = self._boxes(frame)
         else:
             boxes = self._boxes(frame)
-
-        faces = []
-        for (l, t, r, b), score in boxes:
-            shape = self._predictor(frame, self._dlib.rectangle(int(l), int(t), int(r), int(b)))
-            lm = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
-            faces.append(Face(box=(float(l), float(t), float(r), float(b)), score=score, landmarks68=lm))
-        return faces
+        return self._fit(frame, boxes)
 
 
 # --------------------------------------------------------------------------------------------
