@@ -85,12 +85,25 @@ def info(
     for name, cfg in PRESETS.items():
         typer.echo(f"preset {name}: {cfg.unet.image_size}px UNet, {cfg.unet.model_channels} base channels")
     typer.echo(describe_weights_dir(weights_dir))
-    from fvedit import pixels
+    from fvedit.pixels import ext
     from fvedit.runtime.backends import available_backends
 
-    typer.echo(f"pixel kernels: {pixels.backend()}")
+    typer.echo(f"pixel kernels: {ext.status()}")
+    typer.echo(f"triton: {_triton_line(torch.cuda.is_available())}")
     for name, status in available_backends().items():
         typer.echo(f"backend {name}: {status}")
+
+
+def _triton_line(cuda: bool) -> str:
+    """Triton's version and what it is used for here, without importing it (that fixes its mode)."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("triton")
+    except metadata.PackageNotFoundError:
+        return "not installed: the torch backend runs GroupNorm and cross-frame attention as PyTorch ops"
+    use = "compiled kernels for the torch backend" if cuda else "its kernels need a GPU (or TRITON_INTERPRET=1); twins here"
+    return f"{version}, {use}"
 
 
 @app.command()

@@ -23,7 +23,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
-import av
 import numpy as np
 from PIL import Image, ImageFilter
 
@@ -198,6 +197,7 @@ def make_no_face_video(
 
 def make_empty_video(path: str | os.PathLike, *, size: tuple[int, int] = (64, 48)) -> Path:
     """A container with a video stream and zero frames (AVI: MP4 drops empty tracks)."""
+    import av  # imported here: the rest of fvedit imports without PyAV
     path = Path(path)
     with av.open(str(path), "w", format="avi") as container:
         stream = container.add_stream("mpeg4", rate=25)
@@ -216,6 +216,7 @@ def make_non_video_file(path: str | os.PathLike) -> Path:
 
 def make_audio_only_file(path: str | os.PathLike, *, seconds: float = 0.5) -> Path:
     """An AAC file with sound and no video stream."""
+    import av  # imported here: the rest of fvedit imports without PyAV
     path = Path(path)
     with av.open(str(path), "w", format="mp4") as container:
         _encode_tone(container, container.add_stream("aac", rate=AUDIO_RATE, layout="stereo"), seconds)
@@ -234,6 +235,7 @@ def make_corrupt_video(path: str | os.PathLike, source: str | os.PathLike) -> Pa
 
 
 def _write_scene(path, scene: FaceScene, *, fps, audio: bool, rotation_meta: int, vfr: bool, crf: int) -> Path:
+    import av  # imported here: the rest of fvedit imports without PyAV
     path = Path(path)
     if rotation_meta not in ROTATIONS:
         raise ValueError(f"rotation_meta must be one of {ROTATIONS}, got {rotation_meta}")
@@ -276,6 +278,7 @@ def _write_scene(path, scene: FaceScene, *, fps, audio: bool, rotation_meta: int
 
 def _encode_tone(container, stream, seconds: float) -> None:
     """Exactly round(seconds * rate) samples of a stereo sine tone, 1024-sample AAC frames."""
+    import av  # imported here: the rest of fvedit imports without PyAV
     total = round(seconds * AUDIO_RATE)
     for start in range(0, total, 1024):
         n = min(1024, total - start)

@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -304,10 +305,33 @@ def test_cuda_entry_points(pixelops, use_ext):
             ext.require_cuda()
 
 
+def test_installed_extension_is_reported_when_missing(monkeypatch):
+    """A missing or CPU-only build is named by `ext.status()` (what `fvedit info` prints), never silent."""
+    monkeypatch.setenv("FVEDIT_PIXELS", "twin")
+    ext.reset()
+    try:
+        assert ext.load() is None and "disabled by FVEDIT_PIXELS=twin" in ext.status()
+        monkeypatch.delenv("FVEDIT_PIXELS")
+        import fvedit
+
+        monkeypatch.setitem(sys.modules, "fvedit._pixelops", None)  # import fails as for a failed build
+        monkeypatch.delattr(fvedit, "_pixelops", raising=False)
+        monkeypatch.setattr(ext, "_load_shadowed_copy", lambda: None)
+        ext.reset()
+        assert ext.load() is None
+        assert "not built or not importable" in ext.status() and "pip install" in ext.status()
+    finally:
+        ext.reset()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_kernels_match_twin(use_ext):
-    if not use_ext.built_with_cuda:
-        pytest.skip("extension built without CUDA")
+def test_cuda_kernels_match_twin(monkeypatch):
+    """On a GPU machine the installed extension must have its CUDA kernels: a failed or CPU-only
+    build fails here (with `ext.status()`'s reason) instead of skipping."""
+    ext.reset()
+    installed = ext.load()
+    assert installed is not None and installed.built_with_cuda, f"CUDA pixel kernels missing: {ext.status()}"
+    monkeypatch.setattr(ext, "_module", installed)
     frames, homs, crops, alphas = random_case(30, 3, 71, 64, 33, ("inside", "crossing", "tiny"))
     fd = torch.from_numpy(frames).cuda()
     got = pixels.warp_crops(fd, homs, 33)

@@ -22,6 +22,7 @@ log = logging.getLogger("fvedit.pixels")
 
 _UNSET = object()
 _module: object = _UNSET
+_missing_reason: str = ""  # why load() found no usable extension (for `fvedit info` and the CUDA tests)
 
 
 def load() -> ModuleType | None:
@@ -34,28 +35,53 @@ def load() -> ModuleType | None:
 
 def reset() -> None:
     """Forget the cached lookup (tests)."""
-    global _module
-    _module = _UNSET
+    global _module, _missing_reason
+    _module, _missing_reason = _UNSET, ""
 
 
 def _find() -> ModuleType | None:
+    global _missing_reason
     if os.environ.get("FVEDIT_PIXELS", "").strip().lower() == "twin":
+        _missing_reason = "disabled by FVEDIT_PIXELS=twin"
         return None
     try:
         from fvedit import _pixelops as mod
-    except ImportError:
+    except ImportError as err:
         mod = _load_shadowed_copy()
-    if mod is None:
-        return None
+        if mod is None:
+            _missing_reason = f"not built or not importable ({err})"
+            return None
     if getattr(mod, "ABI_VERSION", None) != ABI_VERSION:
-        log.warning(
-            "fvedit: the C++ pixel extension at %s is stale (ABI %s, need %s); rebuild with `pip install -e .`",
-            getattr(mod, "__file__", "?"),
-            getattr(mod, "ABI_VERSION", None),
-            ABI_VERSION,
+        _missing_reason = (
+            f"stale build at {getattr(mod, '__file__', '?')} (ABI {getattr(mod, 'ABI_VERSION', None)}, need {ABI_VERSION})"
         )
+        log.warning("fvedit: the C++ pixel extension is a %s; rebuild with `pip install -e .`", _missing_reason)
         return None
     return mod
+
+
+def status() -> str:
+    """One line on the extension for `fvedit info`: what is built, and what is missing and why.
+
+    The extension must never be missing silently: a failed build (no Python.h, no nvcc, a CUDA
+    compile error) shows here, and the CUDA tests fail on a GPU machine instead of skipping.
+    """
+    mod = load()
+    if mod is None:
+        hint = "" if _missing_reason.startswith("disabled") else "; reinstall with `pip install .`"
+        return f"PyTorch twins (slow): the C++ extension is {_missing_reason or 'missing'}{hint}"
+    where = getattr(mod, "__file__", "?")
+    if not getattr(mod, "built_with_cuda", False):
+        gpu = " A CUDA GPU is visible, so CUDA frames run on the slow twins." if _torch_cuda_available() else ""
+        return f"cpp (CPU kernels only: built without CUDA, no nvcc at build time) from {where}.{gpu}"
+    devices = mod.cuda_device_count()
+    return f"cpp+cuda (CPU and CUDA kernels; {devices} CUDA device(s) visible to the driver) from {where}"
+
+
+def _torch_cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def _load_shadowed_copy() -> ModuleType | None:
