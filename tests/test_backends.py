@@ -7,20 +7,27 @@ with attention at 8 and 4 px) to stay fast on two cores. CUDA tests skip without
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
 from fvedit.errors import InputError
 from fvedit.models.unet import AttentionBlock, ResBlock
+from fvedit.runtime import device as runtime_device
 from fvedit.runtime import fast_unet
 from fvedit.runtime.backends import (
     BACKENDS,
+    ORT_CPU_ONLY,
     UNetBackend,
     available_backends,
     check_inputs,
     eps_fn,
     make_backend,
+    onnx_cuda_provider_available,
 )
+from fvedit.runtime.device import cudnn_benchmark, tf32_disabled, tf32_enabled
+from fvedit.runtime.kernels import swcfa
 from fvedit.diffusion.schedule import VPSchedule
 from fvedit.sampling import SamplerSpec
 from fvedit.weights.demo import demo_weights
@@ -85,6 +92,89 @@ def test_reference_backend_is_exactly_the_model(model, inputs, reference_eps):
     with torch.no_grad():
         expected = model.unet(x, t[:1].expand(3), cond[:1].expand(3, -1))
     assert torch.equal(backend(x, t[:1], cond[:1]), expected)
+
+
+@pytest.fixture
+def keep_tf32_flags():
+    """Put the process's TF32 settings back after a test that changes them."""
+    saved = runtime_device._read_tf32_flags()
+    yield
+    runtime_device._write_tf32_flags(saved)
+
+
+def allow_all_tf32() -> None:
+    """The state an oracle must not run in: TF32 allowed in cuBLAS and cuDNN (legacy flags: any torch)."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def test_reference_runs_with_tf32_off_and_restores_the_flags(model, inputs, reference_eps, keep_tf32_flags):
+    backend = make_backend("reference", model, "cpu")
+    seen = []
+    handle = model.unet.register_forward_hook(lambda *_: seen.append(tf32_enabled()))
+    try:
+        allow_all_tf32()
+        assert tf32_enabled() == {"matmul": True, "conv": True, "rnn": True}
+        assert torch.equal(backend(*inputs), reference_eps)
+        assert seen == [{"matmul": False, "conv": False, "rnn": False}]
+        assert tf32_enabled() == {"matmul": True, "conv": True, "rnn": True}
+        # a mixed state comes back as it was, and the legacy getters still read it
+        torch.backends.cuda.matmul.allow_tf32 = False
+        backend(*inputs)
+        assert seen[-1] == {"matmul": False, "conv": False, "rnn": False}
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, True)
+    finally:
+        handle.remove()
+
+
+def test_tf32_flags_come_back_when_the_reference_call_raises(model, inputs, keep_tf32_flags):
+    backend = make_backend("reference", model, "cpu")
+
+    def boom(*_):
+        assert not any(tf32_enabled().values())
+        raise RuntimeError("boom inside the oracle")
+
+    handle = model.unet.register_forward_hook(boom)
+    try:
+        allow_all_tf32()
+        with pytest.raises(RuntimeError, match="boom inside the oracle"):
+            backend(*inputs)
+    finally:
+        handle.remove()
+    assert tf32_enabled() == {"matmul": True, "conv": True, "rnn": True}
+
+
+def test_tf32_disabled_nests(keep_tf32_flags):
+    allow_all_tf32()
+    with tf32_disabled():
+        with tf32_disabled():
+            assert not any(tf32_enabled().values())
+        assert not any(tf32_enabled().values())
+    assert all(tf32_enabled().values())
+
+
+def test_cudnn_benchmark_scope_restores_even_on_error():
+    before = torch.backends.cudnn.benchmark
+    with pytest.raises(ValueError), cudnn_benchmark(not before):
+        assert torch.backends.cudnn.benchmark is (not before)
+        raise ValueError("inside")
+    assert torch.backends.cudnn.benchmark is before
+
+
+def test_windowed_reference_uses_the_swcfa_twin(model, monkeypatch):
+    """On CUDA "auto" would pick the Triton kernel: the oracle must run the twin everywhere."""
+    backends = []
+    real = swcfa.windowed_frame_attention
+
+    def spy(q, k, v, window, *, boundary="shrink", backend="auto"):
+        backends.append(backend)
+        return real(q, k, v, window, boundary=boundary, backend=backend)
+
+    monkeypatch.setattr(swcfa, "windowed_frame_attention", spy)
+    x = torch.randn(4, 3, S, S, generator=torch.Generator().manual_seed(2))
+    make_backend("reference", model, "cpu", temporal_window=3)(x, torch.full((4,), 200.0), torch.randn(1, 128))
+    n_attn = sum(isinstance(m, AttentionBlock) for m in model.unet.modules())
+    assert backends == ["twin"] * n_attn
 
 
 def test_auto_is_reference_on_cpu(model, inputs, reference_eps):
@@ -164,6 +254,105 @@ def test_fused_op_runs_at_every_groupnorm_site(model, inputs, monkeypatch):
     assert calls.count((True, True, True)) == 2 * n_res
     assert calls.count((False, False, False)) == n_attn
     assert calls.count((False, False, True)) == n_res + 1
+
+
+# -- CUDA graphs, cudnn.benchmark, torch.compile: the decisions -------------------------------------
+
+
+def test_cuda_graph_and_cudnn_benchmark_defaults():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert fast_unet.use_cuda_graphs(cuda) and not fast_unet.use_cuda_graphs(cpu)
+    assert not fast_unet.use_cuda_graphs(cuda, False)
+    with pytest.raises(InputError, match="CUDA graphs need a CUDA device"):
+        fast_unet.use_cuda_graphs(cpu, True)
+    assert fast_unet.use_cudnn_benchmark(cuda) and not fast_unet.use_cudnn_benchmark(cuda, False)
+    assert not fast_unet.use_cudnn_benchmark(cpu) and not fast_unet.use_cudnn_benchmark(cpu, True)
+
+
+class _StubFastUNet:
+    """Stands in for FastUNet so a "cuda" TorchBackend can be built on a CPU machine (no weights move)."""
+
+    def __init__(self, unet, device, dtype, **kwargs):
+        self.device, self.dtype, self.channels_last, self.kwargs = device, dtype, True, kwargs
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_cuda_torch_backend_uses_graphs_and_cudnn_benchmark_for_any_window(model, inputs, window, monkeypatch):
+    monkeypatch.setattr(fast_unet, "FastUNet", _StubFastUNet)
+    backend = fast_unet.TorchBackend(model.unet, torch.device("cuda"), temporal_window=window)
+    assert isinstance(backend.graphs, fast_unet.CudaGraphUNet) and backend.cudnn_benchmark
+    text = backend.describe()
+    assert "CUDA graphs" in text and "cudnn.benchmark" in text and (window == 1 or f"SWCFA w={window}" in text)
+    # cudnn.benchmark is on during the call only (the graph runner swapped for a recorder, on CPU)
+    seen = []
+    backend.device = torch.device("cpu")
+    backend.graphs = lambda x, t, c: (seen.append(torch.backends.cudnn.benchmark), x)[1]
+    before = torch.backends.cudnn.benchmark
+    backend(*inputs)
+    assert seen == [True] and torch.backends.cudnn.benchmark is before
+    off = fast_unet.TorchBackend(model.unet, torch.device("cuda"), temporal_window=window, cudnn_benchmark=False)
+    assert not off.cudnn_benchmark and "cudnn.benchmark" not in off.describe()
+
+
+def test_cpu_torch_backend_is_eager_without_cudnn_benchmark(model):
+    backend = make_backend("torch", model, "cpu", dtype="fp32", temporal_window=3)
+    assert backend.graphs is None and not backend.cudnn_benchmark and backend.compiled is None
+    assert backend.describe().endswith("eager) on cpu")
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,match",
+    [
+        ("torch", {"temporal_window": 3}, "per-frame attention only"),
+        ("reference", {}, "torch backend only"),
+        ("onnxruntime", {}, "torch backend only"),
+        ("tensorrt", {}, "torch backend only"),
+    ],
+)
+def test_compile_refuses_what_it_cannot_do(model, name, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        make_backend(name, model, "cpu", dtype="fp32", compile=True, **kwargs)
+
+
+def test_compile_is_lazy_uses_the_twin_and_auto_means_torch(model):
+    backend = make_backend("auto", model, "cpu", dtype="fp32", compile=True)  # nothing compiles yet
+    assert backend.name == "torch" and backend.compiled is not None and backend.runner is backend.compiled
+    assert backend.fast.gn_backend == "twin" and "torch.compile (default)" in backend.describe()
+    with pytest.raises(InputError, match="gn_backend='twin'"):
+        fast_unet.CompiledUNet(fast_unet.FastUNet(model.unet, torch.device("cpu"), torch.float32))
+    with pytest.raises(InputError, match="unknown GroupNorm backend"):
+        fast_unet.FastUNet(model.unet, torch.device("cpu"), torch.float32, gn_backend="triton2")
+
+
+@pytest.mark.slow  # inductor's C++ build on 2 cores: ~115 s with a cold cache, ~12 s warm
+def test_compiled_fast_unet_matches_the_fp32_reference(model, monkeypatch):
+    """torch.compile of the tiny fast UNet (inductor CPU, static shape) against the fp32 reference.
+
+    Inductor fuses GroupNorm, SiLU, adds and concatenations and reorders their sums: still two fp32
+    evaluations of one network, so the fp32 network tolerance holds. The Triton dispatcher is
+    booby-trapped: compile mode must trace the PyTorch twin.
+    """
+
+    def trap(*args, **kwargs):
+        raise AssertionError("compile mode called the Triton GroupNorm dispatcher")
+
+    monkeypatch.setattr(fast_unet, "group_norm_silu", trap)
+    gen = torch.Generator().manual_seed(21)
+    x = torch.randn(2, 3, S, S, generator=gen)
+    t = torch.tensor([3.5, 700.25])
+    cond = torch.randn(2, model.config.unet.cond_channels, generator=gen)
+    ref = make_backend("reference", model, "cpu")(x, t, cond)
+    backend = make_backend("torch", model, "cpu", dtype="fp32", compile=True)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    start = time.perf_counter()
+    out = backend(x, t, cond)
+    seconds = time.perf_counter() - start
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1, "no (or more than one) compiled graph"
+    assert out.dtype == torch.float32 and ref.abs().max() > 0.5
+    tol = network_rel_tolerance(torch.float32, *network_profile(model.unet, x, t, cond)) * ref.abs().max().item()
+    err = assert_close_scaled(out, ref, tol, "compiled fp32")
+    print(f"torch.compile + first call {seconds:.1f} s; max error {err:.2g}, tolerance {tol:.2g}")
+    assert torch.equal(backend(x, t, cond), out), "a second call recompiled or ran something else"
 
 
 # -- batching -------------------------------------------------------------------------------------
@@ -250,6 +439,25 @@ def test_decoded_frames_match_reference(model, inputs, profile):
 
 
 # -- factory, inputs and errors ------------------------------------------------------------------------
+
+
+CPU_ORT = ["AzureExecutionProvider", "CPUExecutionProvider"]  # the H200 image's onnxruntime 1.30
+
+
+@pytest.mark.parametrize("providers,usable", [(CPU_ORT, False), (["CUDAExecutionProvider", *CPU_ORT], True)])
+def test_onnxruntime_without_cuda_provider_is_unusable_on_cuda(model, providers, usable, monkeypatch, tmp_path):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: list(providers))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no export exists
+    assert onnx_cuda_provider_available() is usable
+    assert available_backends()["onnxruntime"] == ("yes" if usable else ORT_CPU_ONLY)
+    # the refusal comes before any look for (or export of) a graph
+    with pytest.raises(InputError, match="fvedit export" if usable else "no CUDA provider"):
+        make_backend("onnxruntime", model, "cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert available_backends()["onnxruntime"] == "yes"  # a CPU run is fine with the CPU build
 
 
 def test_available_backends_names_every_backend():
@@ -352,3 +560,21 @@ def test_cuda_graph_output_is_not_aliased():
     kept = first.clone()
     backend(torch.randn_like(x), t, cond)  # a replay must not overwrite the first result
     assert torch.equal(first, kept)
+
+
+@needs_cuda
+@pytest.mark.slow  # inductor compiles the tiny UNet's Triton kernels: about a minute on a fresh machine
+def test_cuda_compiled_backend_under_graphs_matches_reference():
+    model = demo_weights("tiny", device="cuda").model
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 3, 64, 64, generator=gen).cuda()
+    t = torch.tensor([12.0, 900.5]).cuda()
+    cond = torch.randn(2, 128, generator=gen).cuda()
+    ref = make_backend("reference", model, "cuda")(x, t, cond)
+    backend = make_backend("torch", model, "cuda", dtype="fp16", compile=True)
+    assert backend.graphs is not None and backend.cudnn_benchmark
+    out = backend(x, t, cond)
+    assert backend.graphs.captured == [(2, 64, 64, torch.float16)], "the compiled UNet was not captured"
+    rel = network_rel_tolerance(torch.float16, *network_profile(model.unet, x, t, cond))
+    assert rel_rms(out, ref) < rel, (rel_rms(out, ref), rel)
+    assert torch.equal(backend(x, t, cond), out), "graph replay is not deterministic"

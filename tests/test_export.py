@@ -7,7 +7,12 @@ the engine build is covered up to its guard, and the cache-key logic on its own.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import shutil
+import sys
+import types
+import weakref
 from pathlib import Path
 
 import onnx
@@ -29,7 +34,7 @@ from fvedit.runtime.onnx_backend import (
     read_sidecar,
     weights_fingerprint,
 )
-from fvedit.runtime.tensorrt_backend import engine_cache_key, engine_file_name, file_sha256
+from fvedit.runtime.tensorrt_backend import TensorRTBackend, engine_cache_key, engine_file_name, file_sha256
 from fvedit.weights.demo import demo_weights
 from tolerances import assert_close_scaled, network_profile, network_rel_tolerance
 
@@ -286,3 +291,92 @@ def test_onnx_sha256_tracks_file_content(fp32_onnx, tmp_path):
     data[-1] ^= 1
     copy.write_bytes(bytes(data))
     assert file_sha256(copy) != file_sha256(fp32_onnx)
+
+
+# -- TensorRT: object lifetimes, with a fake tensorrt module --------------------------------------
+
+
+def fake_tensorrt(freed: list[str]):
+    """A `tensorrt` stand-in with TensorRT's lifetime rule built in: the engine refuses to work
+    once the runtime that deserialised it has been garbage-collected (it holds only a weakref to
+    it, as a real engine holds no Python reference to its runtime). `freed` records the order in
+    which runtime, engine and context are collected."""
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.9.0.34"
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            self.level = level
+
+    class TensorIOMode:
+        INPUT, OUTPUT = "INPUT", "OUTPUT"
+
+    class Context:
+        def __init__(self, engine):
+            self.engine = engine
+            weakref.finalize(self, freed.append, "context")
+
+    class Engine:
+        names = ("x", "t", "cond", "eps")
+
+        def __init__(self, runtime):
+            self._runtime = weakref.ref(runtime)
+            weakref.finalize(self, freed.append, "engine")
+
+        def _alive(self):
+            assert self._runtime() is not None, "the TensorRT runtime died before its engine"
+
+        @property
+        def num_io_tensors(self):
+            self._alive()
+            return len(self.names)
+
+        def get_tensor_name(self, i):
+            self._alive()
+            return self.names[i]
+
+        def get_tensor_mode(self, name):
+            self._alive()
+            return TensorIOMode.OUTPUT if name == "eps" else TensorIOMode.INPUT
+
+        def create_execution_context(self):
+            self._alive()
+            return Context(self)
+
+    made: list[weakref.ref] = []
+
+    class Runtime:
+        def __init__(self, logger):
+            made.append(weakref.ref(self))
+            weakref.finalize(self, freed.append, "runtime")
+
+        def deserialize_cuda_engine(self, data):
+            return Engine(self)
+
+    trt.Logger, trt.Runtime, trt.TensorIOMode = Logger, Runtime, TensorIOMode
+    trt.made = made  # weakrefs to every Runtime created (for the test, not TensorRT's API)
+    return trt
+
+
+def test_tensorrt_runtime_outlives_engine_and_contexts(tmp_path, monkeypatch):
+    freed: list[str] = []
+    trt = fake_tensorrt(freed)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())  # no GPU here
+    plan = tmp_path / "unet-test.plan"
+    plan.write_bytes(b"serialized engine")
+    backend = TensorRTBackend(plan, "cuda", cond_dim=128)
+    gc.collect()
+    (runtime,) = trt.made
+    assert runtime() is not None and backend.runtime is runtime(), "the runtime was a temporary"
+    assert freed == []
+    backend.engine.create_execution_context()  # the engine still works after a collection
+    gc.collect()
+    freed.clear()
+    del backend
+    gc.collect()
+    # children first: the context, then the engine, then the runtime that made it
+    assert freed == ["context", "engine", "runtime"]
+    assert runtime() is None

@@ -5,9 +5,11 @@ Every backend is a callable eps = backend(x, t, cond) with x [B,3,S,S] float32, 
 on the backend's device. Samplers close over cond: `eps_fn(backend, z_face)`.
 
     reference    the fp32 eager `model.unet`, exactly (with temporal_window > 1: the same modules,
-                 attention blocks replaced by sliding-window cross-frame attention)
+                 attention blocks replaced by sliding-window cross-frame attention, PyTorch twin),
+                 with TF32 off on CUDA: a true fp32 oracle
     torch        `fvedit.runtime.fast_unet`: fp16/bf16, fused GroupNorm+SiLU, SDPA,
-                 channels_last and CUDA graphs on a GPU; fp32 (or bf16) with PyTorch twins on a CPU
+                 channels_last, cudnn.benchmark and CUDA graphs on a GPU; fp32 (or bf16) with
+                 PyTorch twins on a CPU; compile=True runs it through torch.compile (inductor)
     onnxruntime  an exported ONNX graph (`fvedit export`) in onnxruntime, CUDA provider when present
     tensorrt     a TensorRT engine built from that ONNX graph (`fvedit export --tensorrt`)
     auto         torch on CUDA, reference on a CPU (the torch path buys nothing there)
@@ -23,6 +25,7 @@ import torch
 from torch import Tensor
 
 from fvedit.errors import InputError
+from fvedit.runtime.device import tf32_disabled
 
 BACKENDS = ("auto", "reference", "torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp16", "bf16", "fp32")
@@ -69,7 +72,9 @@ def eps_fn(backend: Callable[[Tensor, Tensor, Tensor], Tensor], cond: Tensor) ->
 def reference_forward(unet, x: Tensor, t: Tensor, cond: Tensor, temporal_window: int = 1, boundary: str = "shrink") -> Tensor:
     """The reference UNet; with temporal_window > 1 its attention blocks see a window of frames.
 
-    The frames of the batch are taken as consecutive frames of one clip, in order.
+    The frames of the batch are taken as consecutive frames of one clip, in order. The windowed
+    attention is the PyTorch twin, never the Triton kernel: on CUDA that kernel is what the
+    oracle checks.
     """
     if temporal_window == 1:
         return unet(x, t, cond)
@@ -82,14 +87,19 @@ def reference_forward(unet, x: Tensor, t: Tensor, cond: Tensor, temporal_window:
     h = walk_unet(
         unet, x, emb, cond,
         resblock=lambda blk, h, e, c, lat: blk(h, e, c, lat),
-        attention=lambda blk, h: attention_block_forward(blk, h, temporal_window, boundary=boundary),
+        attention=lambda blk, h: attention_block_forward(blk, h, temporal_window, boundary=boundary, backend="twin"),
         layer=lambda mod, h: mod(h),
     )  # fmt: skip
     return unet.out(h)
 
 
 class ReferenceBackend:
-    """The fp32 eager model itself (moved to `device` if it lives elsewhere)."""
+    """The fp32 eager model itself (moved to `device` if it lives elsewhere), run with TF32 off.
+
+    cuDNN convolutions default to TF32 on Ampere and later (fp16's 10 mantissa bits), which would
+    make the oracle, and the reference timing, a TF32 one; `tf32_disabled` restores the caller's
+    settings after each call.
+    """
 
     name = "reference"
     dtype = torch.float32
@@ -105,11 +115,13 @@ class ReferenceBackend:
     @torch.no_grad()
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         x, t, cond = check_inputs(x, t, cond, self.cond_dim, self.device)
-        return reference_forward(self.unet, x, t, cond, self.temporal_window, self.boundary)
+        with tf32_disabled():
+            return reference_forward(self.unet, x, t, cond, self.temporal_window, self.boundary)
 
     def describe(self) -> str:
         attn = "" if self.temporal_window == 1 else f", SWCFA w={self.temporal_window}"
-        return f"reference (fp32 eager{attn}) on {self.device}" + (f"; {self.note}" if self.note else "")
+        tf32 = ", TF32 off" if self.device.type == "cuda" else ""
+        return f"reference (fp32 eager{attn}{tf32}) on {self.device}" + (f"; {self.note}" if self.note else "")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -123,12 +135,33 @@ def _module_present(name: str) -> bool:
         return False
 
 
+ORT_CPU_ONLY = "no: onnxruntime has no CUDA execution provider (CPU build)"
+
+
+def onnx_cuda_provider_available() -> bool:
+    """True when onnxruntime is installed and has its CUDA execution provider.
+
+    Cheap (imports onnxruntime, builds nothing): call it before exporting an ONNX graph for a GPU
+    run, as the export of a large UNet takes minutes and a CPU-only onnxruntime cannot use it.
+    """
+    if not _module_present("onnxruntime"):
+        return False
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
 def available_backends() -> dict[str, str]:
-    """Backend name -> "yes" or why not (for `fvedit info` and benchmarks). Imports nothing heavy."""
+    """Backend name -> "yes" or why not (for `fvedit info` and benchmarks).
+
+    Imports nothing heavy; on a CUDA machine it imports onnxruntime to ask for its CUDA provider.
+    """
     cuda = torch.cuda.is_available()
     out = {"reference": "yes", "torch": "yes" if cuda else "yes (CPU: fp32/bf16 twins, no speed-up)"}
     if not _module_present("onnxruntime"):
         out["onnxruntime"] = 'no: pip install "fvedit[onnx]"'
+    elif cuda and not onnx_cuda_provider_available():
+        out["onnxruntime"] = ORT_CPU_ONLY
     else:
         out["onnxruntime"] = "yes"
     if not _module_present("tensorrt"):
@@ -167,6 +200,8 @@ def make_backend(
     onnx_path: str | Path | None = None,
     engine_path: str | Path | None = None,
     threads: int | None = None,
+    compile: bool = False,
+    cudnn_benchmark: bool | None = None,
 ) -> UNetBackend:
     """Build the backend `name` for `model` (a DVAModel, or its UNet) on `device`.
 
@@ -175,7 +210,9 @@ def make_backend(
     turns on sliding-window cross-frame attention (reference and torch only: exported graphs have
     per-frame attention). onnx_path / engine_path default to what `fvedit export` wrote for these
     weights (see `fvedit.runtime.onnx_backend.default_export_dir`). threads sizes onnxruntime's
-    CPU thread pool (torch's is set with torch.set_num_threads).
+    CPU thread pool (torch's is set with torch.set_num_threads). compile=True runs the torch
+    backend through torch.compile (see `fvedit.runtime.fast_unet.TorchBackend`; "auto" then means
+    torch on a CPU too); cudnn_benchmark (default: on for CUDA) is the torch backend's.
     """
     name = (name or "auto").strip().lower()
     if name not in BACKENDS:
@@ -187,9 +224,11 @@ def make_backend(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("a CUDA device was asked for, but torch sees no GPU: use --device cpu")
     unet = getattr(model, "unet", model)
+    if compile and name not in ("auto", "torch"):
+        raise InputError(f"compile=True applies to the torch backend only, not {name}")
 
     if name == "auto":
-        if device.type == "cuda":
+        if device.type == "cuda" or compile:
             name = "torch"
         else:
             return ReferenceBackend(unet, device, temporal_window, boundary, note="auto: reference on CPU")
@@ -202,8 +241,9 @@ def make_backend(
         if device.type == "cpu" and precision == "fp16":
             precision, note = "fp32", "fp16 asked for: CPU fp16 convolutions are slow, ran fp32"
         return TorchBackend(
-            unet, device, DTYPES[precision], temporal_window=temporal_window, boundary=boundary, note=note
-        )
+            unet, device, DTYPES[precision], temporal_window=temporal_window, boundary=boundary,
+            compile=compile, cudnn_benchmark=cudnn_benchmark, note=note,
+        )  # fmt: skip
 
     if temporal_window > 1:
         raise InputError(
@@ -213,6 +253,11 @@ def make_backend(
     if name == "onnxruntime":
         if not _module_present("onnxruntime"):
             raise InputError('the onnxruntime backend needs onnxruntime: pip install "fvedit[onnx]"')
+        if device.type == "cuda" and not onnx_cuda_provider_available():
+            raise InputError(
+                "this onnxruntime has no CUDA provider: pip uninstall onnxruntime && pip install onnxruntime-gpu "
+                "(never both), or run the onnxruntime backend with --device cpu"
+            )
         from fvedit.runtime.onnx_backend import OnnxBackend, find_exported_onnx
 
         if device.type == "cpu" and precision != "fp32":

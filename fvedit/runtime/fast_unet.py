@@ -13,9 +13,13 @@ modules. What differs from the reference, and why:
   official (q C^-1/4).(k C^-1/4); SDPA kernels accumulate the softmax in fp32 but round the
   probabilities to fp16 before P.V, the reference rounds them too: agreement ~1e-3 relative)
   or, with temporal_window > 1, the sliding-window cross-frame attention;
-- activations are channels_last on CUDA (cuDNN's fast NHWC convolutions);
+- activations are channels_last on CUDA (cuDNN's fast NHWC convolutions), and cuDNN autotunes
+  its convolution algorithms (cudnn.benchmark: the shapes of a run are static);
 - on CUDA each static input shape is captured once as a CUDA graph and replayed: at batch 1 the
-  eager UNet is launch-bound (~1000 kernels per call).
+  eager UNet is launch-bound (~1000 kernels per call);
+- with compile=True the same walk runs through torch.compile (inductor), with the PyTorch twin of
+  GroupNorm+SiLU in place of the Triton kernels, so that inductor fuses GroupNorm, SiLU, the
+  residual add and the skip concatenation itself (the memory-bound 35-40 % of a call).
 
 On a CPU the same code runs in fp32 (or bf16 when asked) with the PyTorch twins, which is what the
 tests compare against the reference.
@@ -33,10 +37,16 @@ from torch import Tensor, nn
 
 from fvedit.errors import InputError
 from fvedit.models.unet import AttentionBlock, ResBlock, UNet, timestep_embedding
-from fvedit.runtime.kernels.adagn import group_norm_silu
+from fvedit.runtime.device import cudnn_benchmark as cudnn_benchmark_scope
+from fvedit.runtime.kernels.adagn import group_norm_silu, group_norm_silu_reference
 from fvedit.runtime.kernels.swcfa import windowed_frame_attention
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+GN_BACKENDS = ("auto", "twin")
+# inductor's "default" mode: no CUDA graphs of its own ("reduce-overhead" and "max-autotune" add
+# cudagraph trees, which cannot run inside our capture), no minutes-long autotuning of the convs
+# (they stay cuDNN calls; the gain sought is pointwise fusion). CudaGraphUNet captures the result.
+COMPILE_MODE = "default"
 
 ResBlockFn = Callable[[ResBlock, Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
 AttentionFn = Callable[[AttentionBlock, Tensor], Tensor]
@@ -88,6 +98,8 @@ class FastUNet:
 
     Weight tensors are looked up per module: convolution weights are cast once to `dtype` (and
     channels_last on CUDA), everything else is used as stored (moved to `device` if needed).
+    gn_backend "auto" runs GroupNorm+SiLU through `group_norm_silu` (Triton on CUDA), "twin" through
+    its PyTorch twin everywhere: what torch.compile can trace and fuse.
     """
 
     def __init__(
@@ -99,7 +111,10 @@ class FastUNet:
         temporal_window: int = 1,
         boundary: str = "shrink",
         channels_last: bool | None = None,
+        gn_backend: str = "auto",
     ):
+        if gn_backend not in GN_BACKENDS:
+            raise InputError(f"unknown GroupNorm backend {gn_backend!r}: use one of {', '.join(GN_BACKENDS)}")
         if dtype not in DTYPES.values():
             raise InputError(f"FastUNet runs in float32, float16 or bfloat16, not {dtype}")
         if temporal_window > 1 and any(m.num_heads != 1 for m in unet.modules() if isinstance(m, AttentionBlock)):
@@ -109,6 +124,7 @@ class FastUNet:
         self.dtype = dtype
         self.temporal_window = temporal_window
         self.boundary = boundary
+        self.gn_backend = gn_backend
         self.channels_last = (self.device.type == "cuda") if channels_last is None else channels_last
         self._params = self._cast_params()
 
@@ -141,7 +157,8 @@ class FastUNet:
 
     def _gn(self, gn: nn.GroupNorm, h: Tensor, scale=None, shift=None, act: bool = True) -> Tensor:
         w, b = self._params[gn]
-        return group_norm_silu(h, w, b, gn.num_groups, gn.eps, scale=scale, shift=shift, act=act)
+        op = group_norm_silu_reference if self.gn_backend == "twin" else group_norm_silu
+        return op(h, w, b, gn.num_groups, gn.eps, scale=scale, shift=shift, act=act)
 
     def _layer(self, mod: nn.Module, h: Tensor) -> Tensor:
         if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
@@ -189,6 +206,10 @@ class FastUNet:
     @torch.no_grad()
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         """x [B,3,S,S] float32, t [B] (or one value), cond [B or 1, D] -> eps [B,3,S,S] float32."""
+        return self.forward(x, t, cond)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """`__call__` without its no_grad wrapper: the function torch.compile traces."""
         unet = self.unet
         t, cond = broadcast_inputs(x, t, cond)
         te = unet.time_embed.time_embed
@@ -204,6 +225,57 @@ class FastUNet:
         return self._conv(unet.out[2], h).float().contiguous()
 
 
+class CompiledUNet:
+    """A FastUNet (PyTorch GroupNorm twin) through torch.compile: one static-shape inductor graph.
+
+    dynamic=False: every call of a run has one shape, and a static graph fuses best; another batch
+    size compiles again (up to dynamo's cache_size_limit, then eager). fullgraph=True: a graph
+    break would split the fusions silently, so it is an error instead. Compilation happens on the
+    first call of each shape: inside CudaGraphUNet's warm-ups, never inside a capture.
+    """
+
+    def __init__(self, fast: FastUNet, mode: str = COMPILE_MODE):
+        if fast.gn_backend != "twin":
+            raise InputError("torch.compile needs FastUNet(gn_backend='twin'): inductor cannot fuse the Triton kernels")
+        self.fast = fast
+        self.dtype = fast.dtype
+        self.mode = mode
+        self._fn = torch.compile(fast.forward, dynamic=False, fullgraph=True, mode=mode)
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        return self._fn(x, t, cond)
+
+
+def use_cuda_graphs(device: torch.device, requested: bool | None = None) -> bool:
+    """The TorchBackend default: CUDA graphs on CUDA, for any temporal_window (the SWCFA launcher
+    keeps its window table on the device, so it is capturable); asking for them elsewhere is an error."""
+    if requested is None:
+        return device.type == "cuda"
+    if requested and device.type != "cuda":
+        raise InputError("CUDA graphs need a CUDA device")
+    return bool(requested)
+
+
+def use_cudnn_benchmark(device: torch.device, requested: bool | None = None) -> bool:
+    """cudnn.benchmark for the torch backend: on by default on CUDA (static shapes, so autotuning
+    pays off from the second call on); on a CPU there is no cuDNN, so always off."""
+    return device.type == "cuda" and (True if requested is None else bool(requested))
+
+
+def check_compilable(temporal_window: int) -> None:
+    """InputError for what compile=True cannot do (before any compilation starts)."""
+    if temporal_window > 1:
+        raise InputError(
+            f"compile=True runs per-frame attention only: --temporal-window {temporal_window} needs the eager "
+            "torch backend (the SWCFA kernel and its table are not traceable in one graph)"
+        )
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        raise InputError("compile=True: torch.compile is not supported on this Python/platform; run without it")
+
+
 class CudaGraphUNet:
     """Replays one CUDA graph per static (batch, height, width, dtype); eager beyond `max_graphs`.
 
@@ -214,7 +286,7 @@ class CudaGraphUNet:
     Graphs are replayed one at a time (a lock), which is what makes sharing the pool safe.
     """
 
-    def __init__(self, forward: FastUNet, max_graphs: int = 8, warmup: int = 3):
+    def __init__(self, forward: FastUNet | CompiledUNet, max_graphs: int = 8, warmup: int = 3):
         self.forward = forward
         self.max_graphs = max_graphs
         self.warmup = warmup
@@ -270,11 +342,14 @@ class CudaGraphUNet:
 
 
 class TorchBackend:
-    """The "torch" backend: `FastUNet`, wrapped in `CudaGraphUNet` on CUDA.
+    """The "torch" backend: `FastUNet` (or `CompiledUNet` with compile=True), wrapped in
+    `CudaGraphUNet` on CUDA, with cudnn.benchmark on while it runs on CUDA.
 
     With temporal_window > 1 the batch must hold consecutive frames of one clip (the window sees
-    only the frames of the batch), and CUDA graphs are off: the window-table upload of the SWCFA
-    launcher is a host-to-device copy, which a graph capture does not allow.
+    only the frames of the batch). CUDA graphs are on by default for every temporal_window: the
+    SWCFA launcher caches its window table on the device per shape, so a capture needs no
+    host-to-device copy. cudnn_benchmark=False keeps cuDNN's heuristic algorithm choice.
+    compile=True: per-frame attention only (an InputError otherwise).
     """
 
     name = "torch"
@@ -289,6 +364,8 @@ class TorchBackend:
         boundary: str = "shrink",
         cuda_graphs: bool | None = None,
         max_graphs: int = 8,
+        compile: bool = False,
+        cudnn_benchmark: bool | None = None,
         note: str = "",
     ):
         self.note = note
@@ -297,23 +374,35 @@ class TorchBackend:
         self.temporal_window = temporal_window
         self.image_size = unet.cfg.image_size
         self.cond_dim = unet.cfg.cond_channels
-        self.fast = FastUNet(unet, self.device, dtype, temporal_window=temporal_window, boundary=boundary)
-        if cuda_graphs is None:
-            cuda_graphs = self.device.type == "cuda" and temporal_window == 1
-        if cuda_graphs and self.device.type != "cuda":
-            raise InputError("CUDA graphs need a CUDA device")
-        self.graphs = CudaGraphUNet(self.fast, max_graphs=max_graphs) if cuda_graphs else None
+        if compile:
+            check_compilable(temporal_window)
+        self.fast = FastUNet(
+            unet, self.device, dtype, temporal_window=temporal_window, boundary=boundary,
+            gn_backend="twin" if compile else "auto",
+        )  # fmt: skip
+        self.compiled = CompiledUNet(self.fast) if compile else None
+        self.runner = self.compiled or self.fast
+        self.cudnn_benchmark = use_cudnn_benchmark(self.device, cudnn_benchmark)
+        graphs = use_cuda_graphs(self.device, cuda_graphs)
+        self.graphs = CudaGraphUNet(self.runner, max_graphs=max_graphs) if graphs else None
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         from fvedit.runtime.backends import check_inputs
 
         x, t, cond = check_inputs(x, t, cond, self.cond_dim, self.device)
-        return (self.graphs or self.fast)(x, t, cond)
+        run = self.graphs or self.runner
+        if not self.cudnn_benchmark:
+            return run(x, t, cond)
+        with cudnn_benchmark_scope(True):
+            return run(x, t, cond)
 
     def describe(self) -> str:
         dt = {v: k for k, v in DTYPES.items()}[self.dtype]
-        parts = [f"torch ({dt}", "fused GroupNorm+SiLU", "SDPA" if self.temporal_window == 1 else f"SWCFA w={self.temporal_window}"]
+        norm = f"torch.compile ({self.compiled.mode})" if self.compiled else "fused GroupNorm+SiLU"
+        parts = [f"torch ({dt}", norm, "SDPA" if self.temporal_window == 1 else f"SWCFA w={self.temporal_window}"]
         if self.fast.channels_last:
             parts.append("channels_last")
+        if self.cudnn_benchmark:
+            parts.append("cudnn.benchmark")
         parts.append("CUDA graphs" if self.graphs else "eager")
         return ", ".join(parts) + f") on {self.device}" + (f"; {self.note}" if self.note else "")

@@ -110,7 +110,12 @@ _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bf
 
 
 class TensorRTBackend:
-    """eps from a TensorRT engine; buffers are torch tensors, run on torch's current CUDA stream."""
+    """eps from a TensorRT engine; buffers are torch tensors, run on torch's current CUDA stream.
+
+    TensorRT's lifetime rule: a factory must outlive what it creates. The runtime that deserialised
+    the engine is therefore kept (`self.runtime`), and `close()` frees children first: execution
+    context, engine, runtime.
+    """
 
     name = "tensorrt"
 
@@ -127,7 +132,8 @@ class TensorRTBackend:
         self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.meta.get("precision"), torch.float32)
         self.logger = trt.Logger(trt.Logger.WARNING)
         with torch.cuda.device(self.device):
-            self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(self.path.read_bytes())
+            self.runtime = trt.Runtime(self.logger)
+            self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
             if self.engine is None:
                 raise InputError(f"TensorRT could not load {self.path} (built by another TensorRT version or GPU?): rebuild it")
             self.context = self.engine.create_execution_context()
@@ -170,6 +176,16 @@ class TensorRTBackend:
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise FveditError(f"TensorRT execution failed for batch {x.shape[0]} ({self.path.name})")
         return out.float()
+
+    def close(self) -> None:
+        """Release the TensorRT objects in reverse order of creation (context, engine, runtime)."""
+        for name in ("context", "engine", "runtime"):
+            if getattr(self, name, None) is not None:
+                setattr(self, name, None)
+
+    def __del__(self) -> None:
+        # Without this, clearing the instance dict would drop `runtime` before `engine` (dict order).
+        self.close()
 
     def describe(self) -> str:
         lo, opt, hi = self.profile
