@@ -578,3 +578,15 @@ def test_cuda_compiled_backend_under_graphs_matches_reference():
     rel = network_rel_tolerance(torch.float16, *network_profile(model.unet, x, t, cond))
     assert rel_rms(out, ref) < rel, (rel_rms(out, ref), rel)
     assert torch.equal(backend(x, t, cond), out), "graph replay is not deterministic"
+
+
+def test_tf32_allowed_sets_both_ways_and_restores():
+    from fvedit.runtime.device import tf32_allowed, tf32_enabled
+
+    before = tf32_enabled()
+    with tf32_allowed(True):
+        assert all(tf32_enabled().values())
+        with tf32_allowed(False):
+            assert not any(tf32_enabled().values())
+        assert all(tf32_enabled().values())
+    assert tf32_enabled() == before
