@@ -145,6 +145,12 @@ MaxGapOpt = typer.Option(
     "frame is looked at again, more sensitively, and edited only where the face is confirmed. Frames without "
     "the face (the person left the shot, a cutaway) are always written unchanged. 0 = never bridge.",
 )
+FacesOpt = typer.Option(
+    None, "--faces", show_default=False,
+    help="A faces file from `fvedit align` for this video: replay its detections instead of running the face "
+    "detector, so no dlib is needed here. It must match the video's frame count and size; use the --face and "
+    "--max-gap it was made with (or any that ask it nothing it lacks).",
+)
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Print only errors and warnings: no progress bars, no summary.")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Also log library details (pixel backend, detector) while running.")
 
@@ -190,6 +196,7 @@ def edit(
     temporal_window: int = typer.Option(1, "--temporal-window", min=1, help="Sliding-window cross-frame attention over this many frames (1 = the official per-frame attention; odd sizes are centred, even ones lean to the past). Changes outputs vs the official model; batches get window//2 context frames on each side."),
     face: str = FaceOpt,
     max_gap: int = MaxGapOpt,
+    faces: Optional[Path] = FacesOpt,
     feather: float = typer.Option(8.0, "--feather", min=0.0, help="Width in pixels (of a 256 px crop) of the soft edge of the paste-back mask; 0 = hard official mask."),
     mask: str = typer.Option("auto", "--mask", help="Paste-back mask: 'parser' (face parser, as official), 'hull' (landmark hull) or 'auto' (parser with real weights, hull with demo weights)."),
     crf: int = typer.Option(18, "--crf", min=0, max=51, help="H.264 quality (lower is better, 18 is visually lossless)."),
@@ -217,7 +224,7 @@ def edit(
     out = output or video.with_name(f"{video.stem}.edited.mp4")
     opts = _options(sampler=sampler, steps=steps, face=face, batch_size=batch_size, cache_dir=cache_dir,
                     use_cache=not no_cache, feather_px=feather, mask=mask, crf=crf, side_by_side=side_by_side,
-                    quiet=quiet, max_gap=max_gap, threads=threads)
+                    quiet=quiet, max_gap=max_gap, threads=threads, faces=faces)
     if mask not in ("auto", "parser", "hull"):
         raise InputError(f"unknown --mask {mask!r}: use auto, parser or hull")
     if no_cache and from_cache:
@@ -239,6 +246,7 @@ def encode(
     temporal_window: int = typer.Option(1, "--temporal-window", min=1, help="As for `fvedit edit`: an edit that uses a window must find an encoding made with the same window and batch size."),
     face: str = FaceOpt,
     max_gap: int = MaxGapOpt,
+    faces: Optional[Path] = FacesOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute and overwrite an existing encoding."),
     preset: Optional[str] = PresetOpt,
@@ -256,8 +264,46 @@ def encode(
 
     opts = _options(sampler=sampler, steps=steps, face=face, batch_size=batch_size, cache_dir=cache_dir, quiet=quiet,
                     precision=precision, temporal_window=temporal_window, use_cache=not no_cache, max_gap=max_gap,
-                    threads=threads)
+                    threads=threads, faces=faces)
     run_edit(video, None, EditRequest([]), preset=preset, weights_dir=weights_dir, device=device, backend=backend, opts=opts)
+
+
+@app.command()
+def align(
+    video: Path = typer.Argument(..., help="The input video."),
+    output: Optional[Path] = typer.Option(
+        None, "-o", "--output", show_default=False,
+        help="Where to write the faces file (.npz). Default: <input>.faces.npz next to the input. Written "
+        "completely or not at all; an existing file is replaced only once the new one is complete.",
+    ),
+    face: str = FaceOpt,
+    max_gap: int = MaxGapOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the path written."),
+) -> None:
+    """Detect and track the face once and save the results, so `edit`, `encode` and `bench` can run without
+    the face detector (--faces FILE): analyse on a laptop with dlib, edit on a server without it.
+
+    \b
+    The faces file is an .npz (numpy.load(allow_pickle=False)), version 1.
+    Scalars: format ('fvedit-faces'), version, frames (N), width, height
+      (upright), detector, video_sha256 (the file the faces were found in:
+      a replay needs the same bytes), can_recheck, and the tracking
+      settings: face, max_gap, sigmas float64 [2], min_relative_score.
+    Detections (every face, in the detector's order):
+      det_frame int64 [K], det_box float64 [K, 4] (x0, y0, x1, y1),
+      det_score float64 [K], det_landmarks float64 [K, 68, 2].
+    Re-checks of short gaps: near_frame int64 [M], near_box float64 [M, 4]
+      (the box expected), and the faces they returned: near_face_call
+      int64 [L] (row in near_*), near_face_box float64 [L, 4],
+      near_face_score float64 [L], near_face_landmarks float64 [L, 68, 2].
+    What the crops use: quads float64 [N, 4, 2] (TL, BL, BR, TR),
+      landmarks float64 [N, 68, 2], present bool [N], detected bool [N],
+      faces_seen int64 [N], reacquired int64 [R].
+    """
+    from fvedit.face.track import parse_selection
+    from fvedit.jobs import run_align
+
+    run_align(video, output, face=parse_selection(face), max_gap=max_gap, quiet=quiet)
 
 
 @app.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,10 @@ from fvedit.progress import StageTimes, console, progress_bar
 from fvedit.runtime.device import resolve_device
 from fvedit.video import check_output
 from fvedit.weights.store import LoadedWeights
+
+if TYPE_CHECKING:
+    from fvedit.face.align import Alignment
+    from fvedit.face.track import Selection
 
 
 @dataclass
@@ -116,6 +121,64 @@ def print_summary(summary: EditSummary, weights: LoadedWeights, backend: str, op
         say(f"wrote [bold]{summary.output}[/bold]")
 
 
+def check_faces_for(video: Path, opts: PipelineOptions) -> None:
+    """Before any slow work: the --faces file is readable, made for this video (frame count, size
+    and the file's sha256), and answers every question this run's --face and --max-gap will ask of it."""
+    from fvedit.face.faces_file import load_faces_for
+    from fvedit.video import probe
+
+    from fvedit.weights.store import sha256_file
+
+    faces = load_faces_for(opts.faces, video, probe(video))
+    faces.check_video_hash(sha256_file(video), video)
+    faces.check_replay(opts.face, opts.max_gap)
+
+
+def run_align(video: Path, output: Path | None, *, face: "Selection" = "largest", max_gap: int | None = None,
+              detector: str = "dlib", quiet: bool = False) -> tuple[Path, "Alignment"]:
+    """Detect and track the face once and save every detector answer plus the quads (`fvedit align`)."""
+    from fvedit.face.align import OFFICIAL_SIGMAS, align_video
+    from fvedit.face.detect import make_detector
+    from fvedit.face.faces_file import FacesOutput, RecordingDetector, TrackSettings, format_selection, save_faces
+    from fvedit.face.track import DEFAULT_MAX_GAP
+    from fvedit.pipeline import alignment_notes
+    from fvedit.video import iter_frames, probe
+    from fvedit.weights.store import sha256_file
+
+    if not video.is_file():
+        raise InputError(f"video not found: {video}")
+    max_gap = DEFAULT_MAX_GAP if max_gap is None else max_gap
+    target = output or video.with_name(f"{video.stem}.faces.npz")
+    info = probe(video)
+    if info.frame_count == 0:
+        raise InputError(f"{video} has no video frames")
+    with FacesOutput(target, inputs=(video,)) as out:
+        recorder = RecordingDetector(make_detector(detector))
+        with progress_bar("align", info.frame_count, quiet=quiet, unit="frame") as adv:
+            def frames():
+                for frame in iter_frames(video):
+                    adv(1)
+                    yield frame.rgb
+
+            alignment = align_video(frames(), recorder, select=face, max_gap=max_gap, source=str(video))
+        if alignment.num_frames != info.frame_count:
+            raise InputError(f"{video}: decoded {alignment.num_frames} frames but probed {info.frame_count}; the file may be damaged")
+        settings = TrackSettings(format_selection(face), int(max_gap), OFFICIAL_SIGMAS)
+        with open(out.partial, "wb") as fh:
+            save_faces(fh, recorder, alignment, width=info.width, height=info.height, settings=settings,
+                       video_sha256=sha256_file(video))
+        path = out.commit()
+    if quiet:
+        console.print(str(path), highlight=False)
+        return path, alignment
+    for note in alignment_notes(alignment, PipelineOptions(face=face)):
+        console.print(f"note: {note}", highlight=False)
+    n = alignment.num_frames
+    console.print(f"wrote {path}: {n} frames, {n - alignment.num_absent} with the face ({alignment.num_bridged} bridged), "
+                  f"{alignment.num_absent} without; detector {recorder.name}", highlight=False)
+    return path, alignment
+
+
 def run_edit(
     video: Path,
     output: Path | None,
@@ -136,6 +199,8 @@ def run_edit(
         raise InputError(f"video not found: {video}")
     if opts.metrics and opts.side_by_side:
         raise InputError("--metrics compares the edit with the input frame by frame; it cannot read a --side-by-side output")
+    if opts.faces is not None:
+        check_faces_for(video, opts)
     plan = check_output(output, inputs=[video]) if output is not None else None  # before any slow work
     try:
         return _run_edit(video, output, request, preset=preset, weights_dir=weights_dir, dev=dev, backend=backend,

@@ -34,6 +34,7 @@ from fvedit.encode_cache import (
 )
 from fvedit.errors import InputError
 from fvedit.face.align import OFFICIAL_SIGMAS, align_video, crop_homography
+from fvedit.face.faces_file import FacesFile, ReplayDetector, load_faces_for
 from fvedit.face.track import DEFAULT_MAX_GAP, nearest_known, present_runs
 from fvedit.paste import face_masks_in_crops, feather, paste_back
 from fvedit.progress import StageTimes, progress_bar
@@ -56,6 +57,7 @@ class PipelineOptions:
     sigmas: tuple[float, float] = OFFICIAL_SIGMAS
     detector: str = "dlib"
     max_gap: int = DEFAULT_MAX_GAP  # longest detection gap that may be bridged (after a re-check)
+    faces: Path | None = None  # a faces file from `fvedit align`: replay its detections (no detector needed)
     cache_dir: Path | None = None
     use_cache: bool = True
     require_cache: bool = False  # --from-cache: fail instead of inverting
@@ -146,8 +148,12 @@ def fade_weights(present: np.ndarray, frames: int = FADE_FRAMES) -> np.ndarray:
     return np.minimum(1.0, dist / (frames + 1.0)).astype(np.float32)
 
 
-def _encoding_settings(video_sha: str, weights: LoadedWeights, eps_model: EpsModel, opts: PipelineOptions) -> dict:
-    """Everything x_T depends on. With cross-frame attention, batch edges change x_T too."""
+def _encoding_settings(video_sha: str, weights: LoadedWeights, eps_model: EpsModel, opts: PipelineOptions,
+                       detector: str | None = None) -> dict:
+    """Everything x_T depends on. With cross-frame attention, batch edges change x_T too.
+
+    `detector`: the name recorded in a --faces file; its replay gives that detector's results,
+    so it shares their cache entry."""
     dtype = str(getattr(eps_model, "dtype", "torch.float32")).removeprefix("torch.")
     return {
         "video": video_sha,
@@ -156,7 +162,7 @@ def _encoding_settings(video_sha: str, weights: LoadedWeights, eps_model: EpsMod
         "size": weights.config.image_size,
         "face": str(opts.face),
         "sigmas": list(opts.sigmas),
-        "detector": opts.detector,
+        "detector": detector or opts.detector,
         "max_gap": opts.max_gap,
         "backend": f"{getattr(eps_model, 'name', 'custom')}-{dtype}",
         "temporal_window": opts.temporal_window,
@@ -178,6 +184,15 @@ def _writable_cache_dir(preferred: Path, echo: Echo) -> Path:
     return fallback
 
 
+def _detector(opts: PipelineOptions, faces: FacesFile | None):
+    """The detector the align stage asks: the replayed faces file (no dlib import), else a real one."""
+    if faces is not None:
+        return ReplayDetector(faces)
+    from fvedit.face.detect import make_detector
+
+    return make_detector(opts.detector)
+
+
 def encode_video(
     video: Path,
     weights: LoadedWeights,
@@ -191,8 +206,12 @@ def encode_video(
         info = probe(video)
         if info.frame_count == 0:
             raise InputError(f"{video} has no video frames")
+        faces = load_faces_for(opts.faces, video, info) if opts.faces is not None else None
     with times.stage("hash video"):
-        settings = _encoding_settings(file_sha256(video), weights, eps_model, opts)
+        video_sha = file_sha256(video)
+        if faces is not None:
+            faces.check_video_hash(video_sha, video)
+        settings = _encoding_settings(video_sha, weights, eps_model, opts, faces and faces.detector)
     cache_dir = _writable_cache_dir(opts.cache_dir or default_cache_dir(), echo)
     key = encoding_key(settings)
     if opts.use_cache:
@@ -209,15 +228,13 @@ def encode_video(
 
     model, size, n = weights.model, weights.config.image_size, info.frame_count
     with times.stage("track + align"), progress_bar("align", n, quiet=opts.quiet, unit="frame") as adv:
-        from fvedit.face.detect import make_detector
-
         def frames_for_detection():
             for frame in iter_frames(video):
                 adv(1)
                 yield frame.rgb
 
         alignment = align_video(
-            frames_for_detection(), make_detector(opts.detector), size=size, select=opts.face,
+            frames_for_detection(), _detector(opts, faces), size=size, select=opts.face,
             sigmas=opts.sigmas, max_gap=opts.max_gap, source=str(video),
         )
     if alignment.num_frames != n:

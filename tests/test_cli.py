@@ -78,7 +78,7 @@ def test_explicit_weights_dir_without_manifest_is_an_error(tmp_path, capsys):
 
 # -- help, switches, exit codes --------------------------------------------------------------------
 
-COMMANDS = [[], ["edit"], ["encode"], ["demo"], ["reconstruct"], ["metrics"], ["bench"], ["export"], ["info"],
+COMMANDS = [[], ["edit"], ["encode"], ["demo"], ["reconstruct"], ["metrics"], ["bench"], ["export"], ["info"], ["align"],
             ["attrs"], ["weights"], ["weights", "import-dva"], ["weights", "verify"], ["weights", "fetch"]]
 
 

@@ -21,6 +21,7 @@ from fvedit.face.detect import (
     InsightFaceDetector,
     make_detector,
 )
+from fvedit.face.faces_file import FacesFile, RecordingDetector, ReplayDetector, load_faces, save_faces
 from fvedit.face.track import Track, parse_selection, select_face, track_faces
 
 __all__ = [
@@ -30,16 +31,21 @@ __all__ = [
     "Face",
     "FaceAlignmentDetector",
     "FaceDetector",
+    "FacesFile",
     "InsightFaceDetector",
+    "RecordingDetector",
+    "ReplayDetector",
     "Track",
     "align_video",
     "compute_quads",
     "crop_homography",
+    "load_faces",
     "make_detector",
     "official_crop_1024",
     "parse_selection",
     "quad_from_landmarks",
     "quads_from_params",
+    "save_faces",
     "select_face",
     "smooth_quad_params",
     "track_faces",
