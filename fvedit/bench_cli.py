@@ -2,17 +2,27 @@
 
 The lead registers it with `app.command("bench")(bench_command)`. The measuring lives in
 `fvedit.benchmark`; this module only chooses what to run, prints the tables and writes the JSON.
+
+Four parts run in order: the UNet table, the samplers, the pixel kernels and a whole edit (in a
+fresh process). The JSON is rewritten (atomically) after each part, and a part that fails is
+recorded in `errors` while the next one runs, so a failing edit keeps every UNet and sampler
+number; the command then exits 1 naming the failed parts. Rows carry wall-clock figures and, on
+CUDA, CUDA-event ones (`*_event_ms`); `settings.timer` says which.
 """
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
-from fvedit.errors import InputError
+from fvedit.errors import FveditError, InputError
+
+PARTS = ("unet", "sampler", "pixels", "edit")
+Echo = Callable[[str], None]
 
 
 def _fmt(v: Any, spec: str = ".1f", none: str = "-") -> str:
@@ -20,56 +30,206 @@ def _fmt(v: Any, spec: str = ".1f", none: str = "-") -> str:
 
 
 def _print_tables(doc: dict[str, Any], say) -> None:
+    """Every part that produced numbers, then the backend notes and any failed part.
+
+    Notes and errors are escaped: rich would read a "[tensorrt]" in them as markup and drop it."""
+    from rich.markup import escape
+
+    if doc.get("unet"):
+        _print_unet(doc, say)
+    for name, note in doc["backends"].items():
+        built = f"skipped: {note['skipped']}" if "skipped" in note else f"{note['describe']} (built in {note['build_s']:.1f} s)"
+        say(escape(f"  {name}: {built}"))
+    if doc.get("sampler"):
+        _print_sampler(doc["sampler"], say)
+    if doc.get("pixels"):
+        _print_pixels(doc["pixels"], say)
+    if doc.get("edit"):
+        _print_edit(doc["edit"], say)
+    for part, err in doc.get("errors", {}).items():
+        say(escape(f"{part}: FAILED ({err})"))
+
+
+def _print_unet(doc: dict[str, Any], say) -> None:
     from rich.table import Table
 
     unet = doc["unet"]
     t = Table(title=f"UNet call, {doc['preset']} ({doc['image_size']} px), {doc['unet_gflop_per_image']:.1f} GFLOP/image; "
                     f"per frame = {unet['calls_per_frame']} calls ({unet['sampler']})")  # fmt: skip
-    columns = ("backend", "batch", "ms/call p50", "p90", "ms/image", "ms/frame", "frames/s", "x reference", "TFLOP/s", "% of peak")
+    events = any(r.get("p50_event_ms") is not None for r in unet["rows"])
+    columns = ("backend", "batch", "ms/call p50", *(("event p50",) if events else ()), "p90", "ms/image", "ms/frame",
+               "frames/s", "x reference", "TFLOP/s", "% of peak")  # fmt: skip
     for col in columns:
         t.add_column(col, justify="left" if col == "backend" else "right")
     for r in unet["rows"]:
         fps = 1000 / r["ms_per_frame"] if r["ms_per_frame"] else None
         frac = None if r["fraction_of_peak"] is None else 100 * r["fraction_of_peak"]
-        t.add_row(r["backend"], str(r["batch"]), _fmt(r["p50_ms"]), _fmt(r["p90_ms"]), _fmt(r["ms_per_item"], ".2f"),
-                  _fmt(r["ms_per_frame"]), _fmt(fps, ".2f"), _fmt(r["ratio_to_reference"], ".2f"),
-                  _fmt(r["tflops"], ".3f"), _fmt(frac, ".1f"))  # fmt: skip
+        event = (_fmt(r.get("p50_event_ms")),) if events else ()
+        t.add_row(r.get("label", r["backend"]), str(r["batch"]), _fmt(r["p50_ms"]), *event, _fmt(r["p90_ms"]),
+                  _fmt(r["ms_per_item"], ".2f"), _fmt(r["ms_per_frame"]), _fmt(fps, ".2f"),
+                  _fmt(r["ratio_to_reference"], ".2f"), _fmt(r["tflops"], ".3f"), _fmt(frac, ".1f"))  # fmt: skip
     say(t)
     say(f"matmul peak measured here: {doc['matmul_peak_tflops']:.3f} TFLOP/s ({doc['matmul_dtype']}); "
-        "'% of peak' = UNet FLOPs / time / that peak")
-    for name, note in doc["backends"].items():
-        built = f"skipped: {note['skipped']}" if "skipped" in note else f"{note['describe']} (built in {note['build_s']:.1f} s)"
-        say(f"  {name}: {built}")
-    if doc.get("sampler"):
-        s = Table(title=f"sampler, encode + decode of a batch ({doc['sampler'][0]['backend']})")
-        for col in ("sampler", "batch", "calls enc+dec", "encode ms", "decode ms", "ms/frame", "frames/s"):
-            s.add_column(col, justify="left" if col == "sampler" else "right")
-        for r in doc["sampler"]:
-            s.add_row(r["sampler"], str(r["batch"]), f"{r['encode_calls']}+{r['decode_calls']}", _fmt(r["encode_p50_ms"]),
-                      _fmt(r["decode_p50_ms"]), _fmt(r["ms_per_frame"]), _fmt(1000 / r["ms_per_frame"], ".2f"))  # fmt: skip
-        say(s)
-    px = doc.get("pixels")
-    if px:
-        p = Table(title=f"pixel kernels, warp + paste of one {px['rows'][0]['frame']} frame")
-        for col in ("impl", "ms p50", "p90", "x twin"):
-            p.add_column(col, justify="left" if col == "impl" else "right")
-        twin = next(r for r in px["rows"] if r["impl"] == "twin")["p50_ms"]
-        for r in px["rows"]:
-            p.add_row(r["impl"], _fmt(r["p50_ms"]), _fmt(r["p90_ms"]), _fmt(r["p50_ms"] / twin, ".3f"))
-        say(p)
-    edit = doc.get("edit")
-    if edit:
-        e = Table(title=f"whole edit, {edit['frames']} frames {edit['size']}, backend {edit['backend']}, batch {edit['batch']}, "
-                        f"{edit['sampler']}; peak host memory {edit['peak_host_mb']:.0f} MiB (fresh process)")  # fmt: skip
-        e.add_column("stage")
-        e.add_column("first edit ms/frame", justify="right")
-        e.add_column("re-edit from cache", justify="right")
-        first, again = edit["first_ms_per_frame"], edit["from_cache_ms_per_frame"]
-        for stage in dict.fromkeys([*first, *again]):
-            if stage != "total":
-                e.add_row(stage, _fmt(first.get(stage)), _fmt(again.get(stage)))
-        e.add_row("total (without load weights)", _fmt(first["total"]), _fmt(again["total"]))
-        say(e)
+        "'% of peak' = UNet FLOPs / time / that peak; times are wall clock" + (", 'event' = CUDA events" if events else ""))
+
+
+def _print_sampler(rows: list[dict[str, Any]], say) -> None:
+    from rich.table import Table
+
+    s = Table(title=f"sampler, encode + decode of a batch ({rows[0].get('label', rows[0]['backend'])})")
+    for col in ("sampler", "batch", "calls enc+dec", "encode ms", "decode ms", "ms/frame", "frames/s"):
+        s.add_column(col, justify="left" if col == "sampler" else "right")
+    for r in rows:
+        s.add_row(r["sampler"], str(r["batch"]), f"{r['encode_calls']}+{r['decode_calls']}", _fmt(r["encode_p50_ms"]),
+                  _fmt(r["decode_p50_ms"]), _fmt(r["ms_per_frame"]), _fmt(1000 / r["ms_per_frame"], ".2f"))  # fmt: skip
+    say(s)
+
+
+def _print_pixels(px: dict[str, Any], say) -> None:
+    from rich.table import Table
+
+    p = Table(title=f"pixel kernels, warp + paste of one {px['rows'][0]['frame']} frame")
+    for col in ("impl", "ms p50", "p90", "x twin"):
+        p.add_column(col, justify="left" if col == "impl" else "right")
+    twin = next(r for r in px["rows"] if r["impl"] == "twin")["p50_ms"]
+    for r in px["rows"]:
+        p.add_row(r["impl"], _fmt(r["p50_ms"]), _fmt(r["p90_ms"]), _fmt(r["p50_ms"] / twin, ".3f"))
+    say(p)
+
+
+def _print_edit(edit: dict[str, Any], say) -> None:
+    from rich.table import Table
+
+    clip = "" if edit.get("video", "generated") == "generated" else f" of {Path(edit['video']).name}"
+    faces = ", faces replayed" if edit.get("faces_replayed") else ""
+    e = Table(title=f"whole edit{clip}, {edit['frames']} frames {edit['size']}, backend {edit['backend']}, batch "
+                    f"{edit['batch']}, {edit['sampler']}{faces}; peak host memory {edit['peak_host_mb']:.0f} MiB "
+                    "(fresh process)")  # fmt: skip
+    e.add_column("stage")
+    e.add_column("first edit ms/frame", justify="right")
+    e.add_column("re-edit from cache", justify="right")
+    first, again = edit["first_ms_per_frame"], edit["from_cache_ms_per_frame"]
+    for stage in dict.fromkeys([*first, *again]):
+        if stage != "total":
+            e.add_row(stage, _fmt(first.get(stage)), _fmt(again.get(stage)))
+    e.add_row("total (without load weights)", _fmt(first["total"]), _fmt(again["total"]))
+    say(e)
+
+
+# ------------------------------------------------------------------------------------------------
+# running the parts
+
+
+def _one_line(err: BaseException) -> str:
+    """An error as the one line `errors` keeps: its type and the first line of its message."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first}"[:400] if first else type(err).__name__
+
+
+def _run_part(doc: dict[str, Any], part: str, fn: Callable[[], Any], save: Callable[[], None], echo: Echo) -> None:
+    """doc[part] = fn(); a failure goes to doc["errors"][part] instead, so the next part still runs.
+
+    The JSON is saved either way (also on Ctrl-C, which then goes on up): what was measured so far
+    is on disk whatever the later parts do.
+    """
+    try:
+        doc[part] = fn()
+    except Exception as err:  # noqa: BLE001 - one failing part must not lose the others' numbers
+        doc["errors"][part] = _one_line(err)
+        echo(f"{part}: FAILED ({doc['errors'][part]}); going on with the other parts")
+    finally:
+        save()
+
+
+def _check_bench_inputs(precision: str, video: Path | None, faces: Path | None) -> None:
+    """Bad options fail before the weights load and anything is timed."""
+    from fvedit.benchmark import BENCH_PRECISIONS
+
+    if precision not in BENCH_PRECISIONS:
+        raise InputError(f"--precision {precision!r}: use {' or '.join(BENCH_PRECISIONS)}")
+    if faces is not None and video is None:
+        raise InputError("--faces needs --video: a faces file is made by `fvedit align` for one clip")
+    for flag, path in (("--video", video), ("--faces", faces)):
+        if path is not None and not Path(path).is_file():
+            raise InputError(f"{flag} {path}: no such file")
+
+
+def _fastest(rows: list[dict[str, Any]], built: dict[str, Any], batch: int) -> str:
+    """The backend with the lowest p50 at `batch`; without a UNet table, the first fast backend built."""
+    big = [r for r in rows if r["batch"] == batch]
+    if big:
+        return min(big, key=lambda r: r["p50_ms"])["backend"]
+    return next((n for n in built if n != "reference"), next(iter(built), "reference"))
+
+
+def _notes_for_all(requested: list[str] | None, notes: dict[str, Any]) -> dict[str, Any]:
+    """With 'all' (the default), the backends it left out and why, next to the built ones' notes."""
+    from fvedit.benchmark import unusable_backends
+
+    if requested and "all" not in [n.strip().lower() for n in requested]:
+        return notes
+    left_out = {n: {"skipped": why.removeprefix("no: ")} for n, why in unusable_backends().items() if n not in notes}
+    return {**notes, **left_out}
+
+
+@dataclass
+class _Setup:
+    """What every part needs: the built backends, the weights and the settings they run under."""
+
+    built: dict[str, Any]
+    weights: Any
+    device: Any
+    batches: list[int]
+    steps: int
+    warmup: int
+    repeats: int
+    peak_tflops: float
+
+    @property
+    def spec(self):
+        from fvedit.sampling import SamplerSpec
+
+        return SamplerSpec("dpm", self.steps)
+
+
+@dataclass(frozen=True)
+class _EditPlan:
+    """What the whole-edit part runs: the settings its fresh child process gets."""
+
+    preset: str
+    weights_dir: Path | None
+    device: str
+    backend: str
+    batch: int
+    steps: int
+    frames: int
+    threads: int | None
+    precision: str
+    temporal_window: int
+    video: Path | None
+    faces: Path | None
+
+    def child_kwargs(self, clip: Path, work_dir: str) -> dict[str, Any]:
+        return {"video": str(clip), "work_dir": work_dir, "preset": self.preset,
+                "weights_dir": str(self.weights_dir) if self.weights_dir else None, "device": self.device,
+                "backend": self.backend, "steps": self.steps, "batch": self.batch,
+                "faces": str(self.faces) if self.faces else None, "precision": self.precision,
+                "temporal_window": self.temporal_window}  # fmt: skip
+
+
+def _unet_part(bm, s: _Setup) -> dict[str, Any]:
+    calls = s.spec.encode_calls + s.spec.decode_calls
+    rows = bm.bench_unet(s.built, s.weights.config, s.batches, s.device, warmup=s.warmup, repeats=s.repeats,
+                         calls_per_frame=calls, peak_tflops=s.peak_tflops)  # fmt: skip
+    return {"sampler": s.spec.key, "calls_per_frame": calls, "rows": rows}
+
+
+def _sampler_part(bm, s: _Setup, backend: str) -> list[dict[str, Any]]:
+    from fvedit.sampling import SamplerSpec
+
+    specs = [s.spec, SamplerSpec("ddim", s.steps)]
+    return bm.bench_sampler(s.built[backend], s.weights, specs, s.batches[-1], s.device, warmup=min(s.warmup, 1),
+                            repeats=s.repeats)  # fmt: skip
 
 
 def run_bench(
@@ -85,16 +245,25 @@ def run_bench(
     warmup: int,
     threads: int | None,
     pixels: bool = True,
-    echo=lambda m: None,
+    precision: str = "fp16",
+    temporal_window: int = 1,
+    video: Path | None = None,
+    faces: Path | None = None,
+    json_out: Path | None = None,
+    echo: Echo = lambda m: None,
 ) -> dict[str, Any]:
-    """Everything `fvedit bench` measures, as the JSON document (see fvedit.benchmark.SCHEMA)."""
+    """Everything `fvedit bench` measures, as the JSON document (see fvedit.benchmark.SCHEMA).
+
+    With json_out the document is written after the set-up and after every part; a failed part
+    leaves its section None and one line in doc["errors"][part] (a set-up failure still raises).
+    """
     import torch
 
     from fvedit import benchmark as bm
     from fvedit.loading import load_for_run
     from fvedit.runtime.device import resolve_device
-    from fvedit.sampling import SamplerSpec
 
+    _check_bench_inputs(precision, video, faces)
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
@@ -104,58 +273,72 @@ def run_bench(
         raise InputError(f"--batch-size must be >= 1, got {batches[0]}")
     weights = load_for_run(weights_dir, preset, dev, echo=echo)
     cfg = weights.config
-    spec = SamplerSpec("dpm", steps)
-    calls = spec.encode_calls + spec.decode_calls
-    built, notes = bm.build_backends(weights, names, dev, threads=threads, echo=echo)
+    built, notes = bm.build_backends(weights, names, dev, threads=threads, precision=precision,
+                                     temporal_window=temporal_window, echo=echo)  # fmt: skip
     dtype = bm.matmul_dtype(dev)
-    peak = bm.measured_matmul_tflops(dev, dtype)
-    echo(f"timing {', '.join(built)} at batch {', '.join(map(str, batches))} ({warmup} warm-up, {repeats} timed, interleaved)")
-    rows = bm.bench_unet(built, cfg, batches, dev, warmup=warmup, repeats=repeats, calls_per_frame=calls, peak_tflops=peak)
-    big = [r for r in rows if r["batch"] == batches[-1]]
-    fastest = min(big, key=lambda r: r["p50_ms"])["backend"]
-    echo(f"sampler runs on the fastest backend at batch {batches[-1]}: {fastest}")
-    sampler_rows = bm.bench_sampler(
-        built[fastest], weights, [spec, SamplerSpec("ddim", steps)], batches[-1], dev, warmup=min(warmup, 1), repeats=repeats
-    )
+    setup = _Setup(built, weights, dev, batches, steps, warmup, repeats, bm.measured_matmul_tflops(dev, dtype))
     doc = bm.result_document(
         bm.machine_info(dev),
         preset=cfg.name,
         image_size=cfg.image_size,
         weights="demo (untrained, seeded)" if weights.is_demo else f"imported ({weights.manifest.get('preset', cfg.name)})",
         settings={"repeats": repeats, "warmup": warmup, "threads": torch.get_num_threads(), "steps": steps,
-                  "batch_sizes": batches, "timer": "host wall clock, device synchronised"},  # fmt: skip
+                  "batch_sizes": batches, "timer": bm.timer_label(dev), "precision": precision,
+                  "temporal_window": temporal_window, "video": str(video) if video else None,
+                  "faces": str(faces) if faces else None},
         unet_gflop_per_image=bm.unet_flops(cfg) / 1e9,
-        matmul_peak_tflops=peak,
+        matmul_peak_tflops=setup.peak_tflops,
         matmul_dtype=str(dtype).removeprefix("torch."),
-        backends=notes,
-        unet={"sampler": spec.key, "calls_per_frame": calls, "rows": rows},
-        sampler=sampler_rows,
-        pixels=bm.bench_pixels(warmup=1, repeats=repeats) if pixels else None,
-        edit=None,
-    )
+        backends=_notes_for_all(backends, notes),
+        unet=None, sampler=None, pixels=None, edit=None, errors={},
+    )  # fmt: skip
+
+    def save() -> None:
+        if json_out is not None:
+            bm.write_json(json_out, doc)
+
+    save()
+    echo(f"timing {', '.join(built)} at batch {', '.join(map(str, batches))} ({warmup} warm-up, {repeats} timed, interleaved)")
+    _run_part(doc, "unet", lambda: _unet_part(bm, setup), save, echo)
+    fastest = _fastest(doc["unet"]["rows"] if doc["unet"] else [], built, batches[-1])
+    echo(f"sampler runs on the fastest backend at batch {batches[-1]}: {fastest}")
+    _run_part(doc, "sampler", lambda: _sampler_part(bm, setup, fastest), save, echo)
+    if pixels:
+        _run_part(doc, "pixels", lambda: bm.bench_pixels(warmup=1, repeats=repeats), save, echo)
     if frames > 0:
-        doc["edit"] = _whole_edit(bm, cfg.name, weights_dir, dev, fastest, batches[-1], steps, frames, threads, echo)
+        plan = _EditPlan(preset=cfg.name, weights_dir=weights_dir, device=str(dev), backend=fastest, batch=batches[-1],
+                         steps=steps, frames=frames, threads=threads, precision=precision,
+                         temporal_window=temporal_window, video=video, faces=faces)  # fmt: skip
+        _run_part(doc, "edit", lambda: _whole_edit(bm, plan, echo), save, echo)
     return doc
 
 
-def _whole_edit(bm, preset, weights_dir, dev, backend, batch, steps, frames, threads, echo) -> dict[str, Any]:
+def _whole_edit(bm, plan: _EditPlan, echo: Echo) -> dict[str, Any]:
+    """A first edit and a re-edit from the cache, in a fresh process: of --video (all of it), else
+    of a generated 640x360 clip of --frames frames."""
     with tempfile.TemporaryDirectory(prefix="fvedit-bench-") as tmp:
-        video = bm.make_bench_video(Path(tmp) / "face.mp4", frames, 640, 360)
-        echo(f"whole edit of a generated {frames}-frame 640x360 face video in a fresh process ({backend}, batch {batch})")
-        res = bm.run_isolated(
-            "edit_video_child",
-            {"video": str(video), "work_dir": tmp, "preset": preset, "weights_dir": str(weights_dir) if weights_dir else None,
-             "device": str(dev), "backend": backend, "steps": steps, "batch": batch},
-            threads=threads,
-        )  # fmt: skip
+        if plan.video is not None:
+            clip, what = Path(plan.video), f"{plan.video} (the whole clip)"
+        else:
+            clip = bm.make_bench_video(Path(tmp) / "face.mp4", plan.frames, 640, 360)
+            what = f"a generated {plan.frames}-frame 640x360 face video"
+        faces = f", faces replayed from {plan.faces}" if plan.faces else ""
+        echo(f"whole edit of {what} in a fresh process ({plan.backend} {plan.precision}, batch {plan.batch}{faces})")
+        res = bm.run_isolated("edit_video_child", plan.child_kwargs(clip, tmp), threads=plan.threads)
     n = res["frames"]
     return {
-        "frames": n, "size": res["size"], "backend": backend, "batch": batch, "sampler": f"dpm{steps}",
+        "frames": n, "size": res["size"], "backend": plan.backend, "batch": plan.batch, "sampler": f"dpm{plan.steps}",
+        "precision": plan.precision, "temporal_window": plan.temporal_window,
+        "video": str(plan.video) if plan.video else "generated", "faces_replayed": plan.faces is not None,
         "first_ms_per_frame": bm.per_frame_stages(res["first"], n),
         "from_cache_ms_per_frame": bm.per_frame_stages(res["from_cache"], n),
         "from_cache_hit": res["from_cache"]["cache_hit"],
         "peak_host_mb": res["peak_host_mb"], "memory": res["memory"],
     }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# the command
 
 
 def bench_command(
@@ -165,7 +348,8 @@ def bench_command(
     ),
     backend: Optional[List[str]] = typer.Option(
         None, "--backend", help="UNet backend to time: reference, torch, onnxruntime, tensorrt, or 'all' (default: every "
-        "backend usable here). Repeatable. The fp32 reference always runs too: every figure is also a ratio to it.",
+        "backend usable here; the notes say why any other was left out). Repeatable. The fp32 reference always runs too: "
+        "every figure is also a ratio to it. On a GPU, onnxruntime without its CUDA provider is skipped before any export.",
     ),
     batch_size: Optional[List[int]] = typer.Option(
         None, "--batch-size", "-b", help="Frames per UNet call; repeatable (default 1 and 4 on a CPU, 1 and 8 on a GPU).",
@@ -175,13 +359,33 @@ def bench_command(
         "(DPM-Solver++ inversion + decoding); the sampler table runs DPM-Solver++ and DDIM with this many.",
     ),
     device: str = typer.Option("auto", "--device", help="Where to run: 'auto' (CUDA if present), 'cpu', 'cuda' or 'cuda:N'."),
+    precision: str = typer.Option(
+        "fp16", "--precision", help="Arithmetic of the fast backends (torch, onnxruntime, tensorrt): fp16 or bf16; the "
+        "reference is always fp32. On a CPU the torch backend runs fp16 as fp32 (each row's label says what ran); "
+        "onnxruntime has no bf16 export and is skipped with bf16 on a GPU. Also used by the whole edit.",
+    ),
+    temporal_window: int = typer.Option(
+        1, "--temporal-window", min=1, help="Sliding-window cross-frame attention over this many frames for the reference "
+        "and torch backends (and the whole edit); the batch is taken as consecutive frames. Above 1 the exported "
+        "backends (onnxruntime, tensorrt) are skipped: their graphs have per-frame attention.",
+    ),
     frames: int = typer.Option(
         16, "--frames", min=0, help="Length of the generated 640x360 face video for the whole-edit timing "
-        "(per-stage ms/frame, then a re-edit from the encode cache); 0 skips it.",
+        "(per-stage ms/frame, then a re-edit from the encode cache); 0 skips it. With --video any value above 0 "
+        "edits the whole clip.",
+    ),
+    video: Optional[Path] = typer.Option(
+        None, "--video", show_default=False, help="Time the whole edit on this clip instead of a generated one; all of "
+        "its frames are edited (--frames does not cut it; --frames 0 still skips the edit).",
+    ),
+    faces: Optional[Path] = typer.Option(
+        None, "--faces", show_default=False, help="A faces file from `fvedit align` for the --video clip: the whole edit "
+        "replays its detections, so no dlib is needed (and detection is not timed). Needs --video.",
     ),
     json_out: Path = typer.Option(
         Path("bench-results/fvedit-bench.json"), "--json-out", "-o", help="Where to write all results as JSON (machine "
-        "info, settings, every sample statistic).",
+        "info, settings, every sample statistic). Rewritten after every part, so a failing part keeps the others' "
+        "numbers; failures are listed under 'errors'.",
     ),
     weights_dir: Optional[Path] = typer.Option(
         None, "--weights-dir", help="Folder with imported weights. Default: $FVEDIT_WEIGHTS_DIR, else "
@@ -195,7 +399,12 @@ def bench_command(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the path of the JSON file."),
 ) -> None:
-    """Time the UNet backends (as ratios to the fp32 reference), the samplers, the pixel kernels and a whole edit."""
+    """Time the UNet backends (as ratios to the fp32 reference), the samplers, the pixel kernels and a whole edit.
+
+    Times are wall clock with the device synchronised; on a GPU each row also has CUDA-event times
+    (*_event_ms). A part that fails is recorded in the JSON and the others still run; the command
+    then exits 1 naming the failed parts.
+    """
     from rich.console import Console
 
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
@@ -204,14 +413,21 @@ def bench_command(
     echo = (lambda m: None) if quiet else (lambda m: err.print(m, style="dim"))
     doc = run_bench(
         preset=preset, backends=backend, batch_sizes=batch_size, steps=steps, device=device, frames=frames,
-        weights_dir=weights_dir, repeats=repeats, warmup=warmup, threads=threads, echo=echo,
+        weights_dir=weights_dir, repeats=repeats, warmup=warmup, threads=threads, precision=precision.strip().lower(),
+        temporal_window=temporal_window, video=video, faces=faces, json_out=json_out, echo=echo,
     )  # fmt: skip
-    from fvedit.benchmark import write_json
-
-    path = write_json(json_out, doc)
     if not quiet:
         m = doc["machine"]
         out.print(f"weights: {doc['weights']}; device: {m['cuda_device'] or m['cpu']} "
                   f"({m['cpu_count']} CPU cores, torch {m['torch']}, {doc['settings']['threads']} threads)")
         _print_tables(doc, out.print)
-    typer.echo(str(path))
+    typer.echo(str(json_out))
+    if doc["errors"]:
+        raise FveditError(failure_message(doc["errors"], json_out))
+
+
+def failure_message(errors: dict[str, str], json_out: Path) -> str:
+    """The one line the command ends with when parts failed: which, the first error, where the rest is."""
+    failed = [p for p in PARTS if p in errors] + [p for p in errors if p not in PARTS]
+    first = errors[failed[0]]
+    return f"bench part(s) failed: {', '.join(failed)} ({failed[0]}: {first}); the other parts' numbers are in {json_out}"

@@ -3,6 +3,7 @@
 Rules every number here follows (see the project's perf notes, "benchmark practice"):
 - warm-up calls first (lazy init, allocator growth, cuDNN heuristics, CUDA-graph capture are not latency);
 - a GPU is synchronised before every clock read, so asynchronous launches are never mistaken for work done;
+  on CUDA the same window is also timed with CUDA events (`*_event_ms`: GPU time of the stream, no host gaps);
 - competing implementations are timed *interleaved* in one run (round robin, order reversed every round)
   and reported as ratios to the fp32 reference, because on a shared machine only same-run ratios mean much;
 - medians (p50) are the headline; p90, mean and min are kept; build/export time is reported apart;
@@ -59,6 +60,27 @@ def _time_once(fn: Callable[[], Any], device: torch.device | None, timer: str) -
     return time.perf_counter() - t0
 
 
+def _time_both(fn: Callable[[], Any], device: torch.device | None) -> tuple[float, float | None]:
+    """One call timed two ways in one window: (host wall s, CUDA-event s or None off CUDA).
+
+    Wall: device synchronised on both sides, so it is what a caller waits. Events: recorded on the
+    current stream around the call, so host gaps (Python, launches) between kernels are left out;
+    the gap between the two is host overhead.
+    """
+    if device is None or device.type != "cuda":
+        return _time_once(fn, device, "host"), None
+    stream = torch.cuda.current_stream(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    start.record(stream)
+    fn()
+    end.record(stream)
+    torch.cuda.synchronize(device)
+    wall = time.perf_counter() - t0
+    return wall, start.elapsed_time(end) / 1000.0
+
+
 def _check_timer(timer: str, device: torch.device | None) -> None:
     if timer not in ("host", "cuda-events"):
         raise InputError(f"unknown timer {timer!r}: use 'host' or 'cuda-events'")
@@ -102,22 +124,80 @@ def measure_interleaved(
     """Like `measure` for several implementations at once: one call of each per round, the order
     reversed every other round, so drift in machine load (other processes, thermal) hits every arm
     alike. Returns arm name -> seconds per call."""
+    device = torch.device(sync) if sync is not None else None
+    _check_timer(timer, device)
+    return _round_robin(arms, warmup, repeats, device, lambda fn: _time_once(fn, device, timer))
+
+
+def _round_robin(
+    arms: Mapping[str, Callable[[], Any]],
+    warmup: int,
+    repeats: int,
+    device: torch.device | None,
+    once: Callable[[Callable[[], Any]], Any],
+) -> dict[str, list[Any]]:
+    """The interleaving loop shared by the timers: warm-up, then `once(arm)` per arm and round."""
     if not arms:
         raise InputError("measure_interleaved needs at least one arm")
     if warmup < 0 or repeats < 1:
         raise InputError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
-    device = torch.device(sync) if sync is not None else None
-    _check_timer(timer, device)
     names = list(arms)
     for _ in range(warmup):
         for name in names:
             arms[name]()
     sync_device(device)
-    out: dict[str, list[float]] = {name: [] for name in names}
+    out: dict[str, list[Any]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names if r % 2 == 0 else reversed(names):
-            out[name].append(_time_once(arms[name], device, timer))
+            out[name].append(once(arms[name]))
     return out
+
+
+def _split_pairs(pairs: Sequence[tuple[float, float | None]]) -> tuple[list[float], list[float] | None]:
+    wall = [w for w, _ in pairs]
+    events = [e for _, e in pairs]
+    return wall, (None if any(e is None for e in events) else events)
+
+
+def measure_interleaved_both(
+    arms: Mapping[str, Callable[[], Any]],
+    *,
+    warmup: int = 1,
+    repeats: int = 5,
+    sync: torch.device | str | None = None,
+) -> dict[str, tuple[list[float], list[float] | None]]:
+    """`measure_interleaved` with both clocks per sample: arm -> (wall s, CUDA-event s or None).
+
+    Events exist only when `sync` is a CUDA device; the wall samples are the headline either way."""
+    device = torch.device(sync) if sync is not None else None
+    pairs = _round_robin(arms, warmup, repeats, device, lambda fn: _time_both(fn, device))
+    return {name: _split_pairs(p) for name, p in pairs.items()}
+
+
+def measure_both(
+    fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5, sync: torch.device | str | None = None
+) -> tuple[list[float], list[float] | None]:
+    """`measure` with both clocks: (wall s per call, CUDA-event s per call or None off CUDA)."""
+    return measure_interleaved_both({"fn": fn}, warmup=warmup, repeats=repeats, sync=sync)["fn"]
+
+
+TIMER_WALL = "host wall clock, device synchronised"
+TIMER_BOTH = TIMER_WALL + "; CUDA events on the current stream in the same window (*_event_ms)"
+
+
+def timer_label(device: torch.device | str) -> str:
+    """What `settings.timer` says: which clocks the rows carry on this device."""
+    return TIMER_BOTH if torch.device(device).type == "cuda" else TIMER_WALL
+
+
+def event_summary(samples: Sequence[float] | None, items_per_call: int = 1, prefix: str = "") -> dict[str, float | None]:
+    """CUDA-event columns next to `summarize`'s wall ones; all None when there were no events (CPU)."""
+    keys = (f"{prefix}p50_event_ms", f"{prefix}p90_event_ms", f"{prefix}min_event_ms", f"{prefix}ms_per_item_event")
+    if not samples:
+        return dict.fromkeys(keys)
+    p50 = percentile(samples, 50)
+    values = (1000 * p50, 1000 * percentile(samples, 90), 1000 * min(samples), 1000 * p50 / items_per_call)
+    return dict(zip(keys, values))
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -364,7 +444,9 @@ def unet_inputs(cfg, batch: int, device: torch.device | str, seed: int = 0) -> t
 
 
 def resolve_backend_names(requested: Iterable[str] | None) -> list[str]:
-    """Expand "all" to every backend usable here; reference always first (it is the ratio's base)."""
+    """Expand "all" to every backend usable here; reference always first (it is the ratio's base).
+
+    What "all" leaves out, and why, is `unusable_backends()`."""
     from fvedit.runtime.backends import BACKENDS, available_backends
 
     names = [n.strip().lower() for n in (requested or ["all"]) if n and n.strip()]
@@ -381,6 +463,59 @@ def resolve_backend_names(requested: Iterable[str] | None) -> list[str]:
     return out
 
 
+_PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+BENCH_PRECISIONS = ("fp16", "bf16")
+
+
+def backend_precision(backend: Any) -> str | None:
+    """The compute precision a built backend really runs (fp16 asked on a CPU runs fp32), or None."""
+    return _PRECISION_NAMES.get(getattr(backend, "dtype", None))
+
+
+def backend_label(name: str, backend: Any) -> str:
+    """The row label: the arm's name plus its precision and window, e.g. "torch bf16 w3", so the
+    JSON says what ran without looking the backend up. Parts already in the name are not repeated."""
+    parts = [name]
+    precision = backend_precision(backend)
+    if precision and precision not in name:
+        parts.append(precision)
+    window = getattr(backend, "temporal_window", 1)
+    if isinstance(window, int) and window > 1:
+        parts.append(f"w{window}")
+    return " ".join(parts)
+
+
+def _runs_on_cuda(device: torch.device) -> bool:
+    """Where the backend checks decide the device type (one place, so a test can fake a GPU)."""
+    return device.type == "cuda"
+
+
+def backend_skip_reason(name: str, device: torch.device, precision: str, temporal_window: int) -> str | None:
+    """Why `name` cannot run with these settings, found cheaply *before* building it, or None.
+
+    Above all before an ONNX export: the 190M-parameter dva256 graph takes minutes to export on
+    the CPU, and on a GPU a CPU-only onnxruntime could not use it anyway.
+    """
+    from fvedit.runtime.backends import onnx_cuda_provider_available
+
+    if temporal_window > 1 and name not in ("reference", "torch"):
+        return f"--temporal-window {temporal_window} needs the reference or torch backend: the {name} graph has per-frame attention"
+    if name != "onnxruntime" or not _runs_on_cuda(device):
+        return None
+    if not onnx_cuda_provider_available():
+        return "this onnxruntime has no CUDAExecutionProvider (CPU build): not exported, not timed on the GPU"
+    if precision == "bf16":
+        return "no bf16 ONNX export (fp16 or fp32 only)"
+    return None
+
+
+def unusable_backends() -> dict[str, str]:
+    """Backend name -> why "all" leaves it out here (`available_backends`' answer), for the notes."""
+    from fvedit.runtime.backends import available_backends
+
+    return {n: why for n, why in available_backends().items() if not why.startswith("yes")}
+
+
 def _import_onnx_exporter():
     """The ONNX exporter (`fvedit.export.onnx_export`), imported only when an export is needed."""
     from fvedit.export import onnx_export
@@ -395,6 +530,8 @@ def build_backends(
     *,
     export_dir: Path | None = None,
     threads: int | None = None,
+    precision: str = "fp16",
+    temporal_window: int = 1,
     echo: Callable[[str], None] = lambda m: None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Instantiate the named backends. Returns (name -> backend, name -> {describe, build_s} or {skipped}).
@@ -404,7 +541,9 @@ def build_backends(
     per-weights folder the onnxruntime backend reads, so later runs reuse it) and reports the
     export time as build time, not latency. A backend that cannot be built here is skipped with
     the reason, never silently. threads caps onnxruntime's CPU thread pool like torch's (its
-    session is otherwise sized to all cores, whatever torch.set_num_threads says).
+    session is otherwise sized to all cores, whatever torch.set_num_threads says). precision is
+    the fast backends' (the reference is fp32); temporal_window > 1 windows the reference's and
+    torch's attention and skips the others (`backend_skip_reason`, checked before any export).
     """
     from fvedit.runtime.backends import make_backend
 
@@ -414,12 +553,15 @@ def build_backends(
     for name in names:
         t0 = time.perf_counter()
         try:
+            reason = backend_skip_reason(name, device, precision, temporal_window)
+            if reason is not None:
+                raise InputError(reason)
             if name == "onnxruntime":
                 built[name] = _onnx_backend(weights, device, export_dir, echo)
                 if threads and device.type == "cpu":
                     _limit_onnx_threads(built[name], threads)
             else:
-                built[name] = make_backend(name, weights.model, device)
+                built[name] = make_backend(name, weights.model, device, dtype=precision, temporal_window=temporal_window)
         except (FveditError, ImportError) as err:
             notes[name] = {"skipped": str(err).splitlines()[0] if str(err) else type(err).__name__}
             echo(f"backend {name}: skipped ({notes[name]['skipped']})")
@@ -472,6 +614,8 @@ def bench_unet(
     One row per (batch, backend): the `summarize` figures, ratio_to_reference (p50 / reference p50),
     achieved TFLOP/s and, given `peak_tflops`, fraction_of_peak; ms_per_frame = UNet time per frame
     for `calls_per_frame` calls (encode + decode of the sampler); peak GPU memory per backend.
+    All of these are wall clock; on CUDA the `event_summary` columns (*_event_ms) come from CUDA
+    events in the same windows (None on a CPU). `label` names the backend with its precision.
     """
     device = torch.device(device)
     flops_per_image = unet_flops(cfg)
@@ -487,10 +631,12 @@ def bench_unet(
             arm()
             sync_device(device)
             peaks[name] = peak_gpu_memory_mb(device)
-        samples = measure_interleaved(arms, warmup=max(warmup - 1, 0), repeats=repeats, sync=device)
-        ref_p50 = percentile(samples["reference"], 50) if "reference" in samples else None
-        for name, s in samples.items():
-            row: dict[str, Any] = {"backend": name, "batch": batch, **summarize(s, batch)}
+        timed = measure_interleaved_both(arms, warmup=max(warmup - 1, 0), repeats=repeats, sync=device)
+        ref_p50 = percentile(timed["reference"][0], 50) if "reference" in timed else None
+        for name, (s, events) in timed.items():
+            row: dict[str, Any] = {"backend": name, "label": backend_label(name, backends[name]), "batch": batch,
+                                   "precision": backend_precision(backends[name]), **summarize(s, batch),
+                                   **event_summary(events, batch)}  # fmt: skip
             p50 = row["p50_ms"] / 1000
             row["ratio_to_reference"] = p50 / ref_p50 if ref_p50 else None
             row["tflops"] = flops_per_image * batch / p50 / 1e12
@@ -517,7 +663,8 @@ def bench_sampler(
 ) -> list[dict[str, Any]]:
     """Encode (x0 -> x_T) and decode (x_T -> x0) of one batch per sampler spec, timed separately.
 
-    ms_per_frame = (encode p50 + decode p50) / batch: the diffusion part of a frame's edit cost.
+    ms_per_frame = (encode p50 + decode p50) / batch: the diffusion part of a frame's edit cost
+    (wall clock; the *_event_ms columns are CUDA-event time, None on a CPU).
     """
     from fvedit.runtime.backends import eps_fn
 
@@ -528,19 +675,27 @@ def bench_sampler(
     z_face = torch.randn(batch, cfg.unet.cond_channels, generator=torch.Generator().manual_seed(2)).to(device)
     fn = eps_fn(backend, z_face)
     rows = []
+    name = getattr(backend, "name", "?")
     for spec in specs:
         x_T = spec.encode(fn, x0)
-        enc = measure(lambda: spec.encode(fn, x0), warmup=warmup, repeats=repeats, sync=device)
-        dec = measure(lambda: spec.decode(fn, x_T), warmup=warmup, repeats=repeats, sync=device)
+        enc, enc_ev = measure_both(lambda: spec.encode(fn, x0), warmup=warmup, repeats=repeats, sync=device)
+        dec, dec_ev = measure_both(lambda: spec.decode(fn, x_T), warmup=warmup, repeats=repeats, sync=device)
         e, d = summarize(enc, batch), summarize(dec, batch)
+        ee, de = event_summary(enc_ev, batch), event_summary(dec_ev, batch)
         rows.append({
-            "sampler": spec.key, "backend": getattr(backend, "name", "?"), "batch": batch,
+            "sampler": spec.key, "backend": name, "label": backend_label(name, backend), "batch": batch,
             "encode_calls": spec.encode_calls, "decode_calls": spec.decode_calls,
             "encode_p50_ms": e["p50_ms"], "decode_p50_ms": d["p50_ms"],
             "encode_p90_ms": e["p90_ms"], "decode_p90_ms": d["p90_ms"],
             "ms_per_frame": e["ms_per_item"] + d["ms_per_item"],
+            "encode_p50_event_ms": ee["p50_event_ms"], "decode_p50_event_ms": de["p50_event_ms"],
+            "ms_per_frame_event": _sum_or_none(ee["ms_per_item_event"], de["ms_per_item_event"]),
         })  # fmt: skip
     return rows
+
+
+def _sum_or_none(*values: float | None) -> float | None:
+    return None if any(v is None for v in values) else sum(values)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -643,9 +798,15 @@ def edit_video_child(
     steps: int = 15,
     batch: int = 8,
     attrs: Sequence[str] = ("young",),
+    faces: str | None = None,
+    precision: str = "fp16",
+    temporal_window: int = 1,
 ) -> dict[str, Any]:
     """A whole `fvedit edit` (encode + edit + decode + paste + write), then a re-edit from the
-    encode cache; per-stage seconds of each. Meant to run in a fresh process (`run_isolated`)."""
+    encode cache; per-stage seconds of each. Meant to run in a fresh process (`run_isolated`).
+
+    faces: a faces file from `fvedit align` for this video; its detections are replayed, so the
+    run needs no dlib (and times no detection)."""
     from fvedit.jobs import EditRequest, run_edit
     from fvedit.pipeline import PipelineOptions
     from fvedit.sampling import SamplerSpec
@@ -653,7 +814,10 @@ def edit_video_child(
     work = Path(work_dir)
     runs = {}
     for label, out in (("first", "edit-1.mp4"), ("from_cache", "edit-2.mp4")):
-        opts = PipelineOptions(sampler=SamplerSpec(sampler, steps), batch_size=batch, cache_dir=work / "cache", quiet=True)
+        opts = PipelineOptions(sampler=SamplerSpec(sampler, steps), batch_size=batch, cache_dir=work / "cache",
+                               precision=precision, temporal_window=temporal_window, quiet=True)  # fmt: skip
+        if faces:
+            opts.faces = Path(faces)
         t0 = time.perf_counter()
         summary = run_edit(
             Path(video), work / out, EditRequest(list(attrs)), preset=preset,
@@ -785,11 +949,22 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_json(path: str | Path, document: Mapping[str, Any]) -> Path:
-    """Write `document` as indented JSON (non-finite floats -> null), creating parent folders."""
+    """Write `document` as indented JSON (non-finite floats -> null), creating parent folders.
+
+    Atomic (a temp file in the same folder, then os.replace): a benchmark rewrites its JSON after
+    every part, and a crash or kill mid-write must leave the previous complete file, not half a one.
+    """
     path = Path(path)
+    text = json.dumps(_json_safe(document), indent=2, sort_keys=False) + "\n"
+    tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_json_safe(document), indent=2, sort_keys=False) + "\n")
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
+            tmp = Path(f.name)
+            f.write(text)
+        os.replace(tmp, path)
     except OSError as err:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise InputError(f"cannot write benchmark JSON to {path}: {err.strerror or err}") from None
     return path

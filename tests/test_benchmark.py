@@ -83,6 +83,50 @@ def test_measure_interleaved_alternates_order_and_separates_arms():
     assert bm.percentile(out["slow"], 50) > 0.025 > bm.percentile(out["fast"], 50)
 
 
+def test_measure_both_on_a_cpu_has_wall_samples_and_no_events():
+    calls = []
+    wall, events = bm.measure_both(lambda: (calls.append(1), time.sleep(0.01)), warmup=1, repeats=3, sync="cpu")
+    assert len(calls) == 4 and len(wall) == 3 and events is None
+    assert all(0.009 <= w < 0.5 for w in wall)
+    order = []
+    out = bm.measure_interleaved_both({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=0, repeats=2)
+    assert order == ["a", "b", "b", "a"] and out["a"][1] is None and len(out["b"][0]) == 2
+    assert bm.event_summary(None, 4) == {"p50_event_ms": None, "p90_event_ms": None, "min_event_ms": None,
+                                         "ms_per_item_event": None}  # fmt: skip
+    got = bm.event_summary([0.01, 0.03, 0.02], 2, prefix="encode_")
+    assert got["encode_p50_event_ms"] == pytest.approx(20) and got["encode_ms_per_item_event"] == pytest.approx(10)
+    assert got["encode_min_event_ms"] == pytest.approx(10)
+    assert bm.timer_label("cpu") == bm.TIMER_WALL and "CUDA events" in bm.timer_label("cuda")
+
+
+class _FakeEvent:
+    """torch.cuda.Event stand-in: 'GPU time' is the host time between two records."""
+
+    def __init__(self, enable_timing: bool = False):
+        assert enable_timing
+        self.t = None
+
+    def record(self, stream=None):
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, other: "_FakeEvent") -> float:
+        return 1000 * (other.t - self.t)
+
+
+def test_the_cuda_branch_records_events_inside_the_wall_window(monkeypatch):
+    """The CUDA path's wiring with torch.cuda faked: both clocks come back, events (s) within the wall time."""
+    import torch
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: "stream")
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    wall, events = bm.measure_both(lambda: time.sleep(0.01), warmup=0, repeats=2, sync="cuda")
+    assert events is not None and len(events) == len(wall) == 2
+    assert all(0.009 <= e <= w for e, w in zip(events, wall))
+    assert len(synced) >= 4  # before and after every timed call
+
+
 # ------------------------------------------------------------------------------------- compute
 
 
@@ -156,6 +200,20 @@ def test_write_json_replaces_non_finite_and_reports_unwritable(tmp_path):
         bm.write_json(blocker / "sub" / "c.json", {})
 
 
+def test_write_json_is_atomic_a_failed_replace_keeps_the_old_file(tmp_path, monkeypatch):
+    path = bm.write_json(tmp_path / "r.json", {"part": 1})
+    bm.write_json(path, {"part": 2})
+    assert json.loads(path.read_text()) == {"part": 2} and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+    def fail(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bm.os, "replace", fail)
+    with pytest.raises(InputError, match="No space left"):
+        bm.write_json(path, {"part": 3})
+    assert json.loads(path.read_text()) == {"part": 2} and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
 # ------------------------------------------------------------------------------------- fvedit bench
 
 
@@ -195,6 +253,154 @@ def test_bench_command_runs_on_tiny_and_writes_json(isolated):
     assert edit["frames"] == 3 and edit["from_cache_hit"] is True and edit["peak_host_mb"] > 100
     assert "encode (inversion)" in edit["first_ms_per_frame"] and "encode (inversion)" not in edit["from_cache_ms_per_frame"]
     assert "ms/call p50" in res.output and "x reference" in res.output
+
+
+def _bench_app() -> typer.Typer:
+    from fvedit.bench_cli import bench_command
+
+    app = typer.Typer()
+    app.command("bench")(bench_command)
+    app.command("other")(lambda: None)
+    return app
+
+
+def test_a_failing_whole_edit_keeps_the_unet_and_sampler_numbers(isolated, monkeypatch):
+    """The JSON is on disk before the edit child runs; its failure is recorded, the exit code is 1."""
+    video, faces = isolated / "clip.mp4", isolated / "clip.faces.npz"
+    video.write_bytes(b"not read: the child is faked")
+    faces.write_bytes(b"")
+    out = isolated / "res" / "bench.json"
+    seen = {}
+
+    def failing_child(function, kwargs, **_):
+        seen["on_disk"], seen["kwargs"] = json.loads(out.read_text()), dict(kwargs)
+        raise bm.FveditError(f"benchmark child {function} failed (exit 1): dlib is not installed")
+
+    monkeypatch.setattr(bm, "run_isolated", failing_child)
+    args = ["bench", "--preset", "tiny", "--backend", "torch", "-b", "1", "--steps", "2", "--repeats", "1",
+            "--warmup", "0", "--threads", "1", "--video", str(video), "--faces", str(faces), "-o", str(out)]  # fmt: skip
+    res = CliRunner().invoke(_bench_app(), args)
+    assert res.exit_code == 1, res.output
+    assert "part(s) failed: edit" in str(res.exception) and str(out) in str(res.exception)
+    assert {r["backend"] for r in seen["on_disk"]["unet"]["rows"]} == {"reference", "torch"}
+    assert seen["on_disk"]["sampler"] and seen["on_disk"]["errors"] == {}
+    assert seen["kwargs"]["video"] == str(video) and seen["kwargs"]["faces"] == str(faces)
+    doc = json.loads(out.read_text())
+    assert doc["errors"] == {"edit": "FveditError: benchmark child edit_video_child failed (exit 1): dlib is not installed"}
+    assert doc["edit"] is None and len(doc["unet"]["rows"]) == 2 and doc["pixels"]["rows"]
+    assert doc["settings"]["video"] == str(video) and doc["settings"]["faces"] == str(faces)
+    assert "edit: FAILED" in res.output
+
+
+def test_a_failing_unet_table_is_recorded_and_the_sampler_still_runs(isolated, monkeypatch):
+    from fvedit.bench_cli import run_bench
+
+    def broken(*a, **k):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore lines")
+
+    monkeypatch.setattr(bm, "bench_unet", broken)
+    doc = run_bench(preset="tiny", backends=["torch"], batch_sizes=[1], steps=2, device="cpu", frames=0, weights_dir=None,
+                    repeats=1, warmup=0, threads=1, pixels=False, json_out=isolated / "b.json")  # fmt: skip
+    assert doc["errors"] == {"unet": "RuntimeError: CUDA error: an illegal memory access was encountered"}
+    assert doc["unet"] is None and doc["sampler"][0]["backend"] == "torch"  # the fallback: the first fast backend
+    assert json.loads((isolated / "b.json").read_text())["errors"] == doc["errors"]
+
+
+def _refuse_export():
+    raise AssertionError("the ONNX exporter must not be imported here")
+
+
+def test_all_on_cuda_without_the_onnx_cuda_provider_never_exports(isolated, monkeypatch):
+    """`--backend all` on a (faked) CUDA device with a CPU-only onnxruntime: skipped with the reason, no export."""
+    ort = pytest.importorskip("onnxruntime")
+    from fvedit.bench_cli import run_bench
+
+    monkeypatch.setattr(bm, "_runs_on_cuda", lambda device: True)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["AzureExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(bm, "_import_onnx_exporter", _refuse_export)
+    doc = run_bench(preset="tiny", backends=["all"], batch_sizes=[1], steps=2, device="cpu", frames=0, weights_dir=None,
+                    repeats=1, warmup=0, threads=1, pixels=False)  # fmt: skip
+    assert "CUDAExecutionProvider" in doc["backends"]["onnxruntime"]["skipped"]
+    assert "onnxruntime" not in {r["backend"] for r in doc["unet"]["rows"]} and doc["errors"] == {}
+    assert "tensorrt" in doc["backends"]  # what 'all' left out is named too
+
+
+def test_the_provider_check_is_what_stops_the_export(isolated, monkeypatch):
+    """Control for the test above: with a CUDA provider the exporter is reached; bf16 has no ONNX export."""
+    ort = pytest.importorskip("onnxruntime")
+    from fvedit.weights.demo import demo_weights
+
+    weights = demo_weights("tiny")
+    monkeypatch.setattr(bm, "_runs_on_cuda", lambda device: True)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(bm, "_import_onnx_exporter", _refuse_export)
+    _, notes = bm.build_backends(weights, ["onnxruntime"], "cpu", export_dir=isolated / "x", precision="bf16")
+    assert "no bf16 ONNX export" in notes["onnxruntime"]["skipped"]
+    with pytest.raises(AssertionError, match="exporter must not"):
+        bm.build_backends(weights, ["onnxruntime"], "cpu", export_dir=isolated / "x", precision="fp16")
+
+
+def test_precision_and_temporal_window_reach_the_backends_and_the_labels(isolated, monkeypatch):
+    from fvedit.bench_cli import run_bench
+
+    monkeypatch.setattr(bm, "_import_onnx_exporter", _refuse_export)
+    doc = run_bench(preset="tiny", backends=["torch", "onnxruntime"], batch_sizes=[2], steps=2, device="cpu", frames=0,
+                    weights_dir=None, repeats=1, warmup=0, threads=1, pixels=False, precision="bf16",
+                    temporal_window=2)  # fmt: skip
+    assert doc["settings"]["precision"] == "bf16" and doc["settings"]["temporal_window"] == 2
+    rows = {r["backend"]: r for r in doc["unet"]["rows"]}
+    assert rows["torch"]["label"] == "torch bf16 w2" and rows["torch"]["precision"] == "bf16"
+    assert rows["reference"]["label"] == "reference fp32 w2"
+    assert "--temporal-window 2" in doc["backends"]["onnxruntime"]["skipped"]
+    assert rows["torch"]["p50_ms"] > 0 and rows["torch"]["p50_event_ms"] is None  # CPU: wall only
+    assert doc["settings"]["timer"] == bm.TIMER_WALL and doc["sampler"][0]["encode_p50_event_ms"] is None
+    from fvedit.weights.demo import demo_weights
+
+    cpu_fp16 = bm.build_backends(demo_weights("tiny"), ["torch"], "cpu", precision="fp16")[0]["torch"]
+    assert bm.backend_label("torch", cpu_fp16) == "torch fp32"  # what ran: a CPU runs fp16 as fp32
+
+
+@pytest.mark.parametrize(
+    "precision,video,faces,match",
+    [("fp8", None, None, "--precision"), ("fp16", None, "f.npz", "--faces needs --video"),
+     ("fp16", "missing.mp4", None, "no such file")],
+)  # fmt: skip
+def test_bad_bench_options_fail_before_any_work(tmp_path, precision, video, faces, match):
+    from fvedit.bench_cli import _check_bench_inputs
+
+    with pytest.raises(InputError, match=match):
+        _check_bench_inputs(precision, video and tmp_path / video, faces and tmp_path / faces)
+
+
+def test_the_edit_child_passes_faces_precision_and_window_to_the_options(tmp_path, monkeypatch):
+    """edit_video_child -> run_edit: a --faces file ends up in PipelineOptions.faces (replay, no dlib)."""
+    import types
+
+    import fvedit.jobs
+
+    seen = []
+
+    def fake_run_edit(video, output, request, *, opts, **kw):
+        seen.append(opts)
+        return types.SimpleNamespace(cache_hit=len(seen) > 1, times=types.SimpleNamespace(seconds={"encode": 1.0}),
+                                     frames=5, info=types.SimpleNamespace(width=64, height=48))  # fmt: skip
+
+    monkeypatch.setattr(fvedit.jobs, "run_edit", fake_run_edit)
+    res = bm.edit_video_child("clip.mp4", str(tmp_path), faces="clip.faces.npz", precision="bf16", temporal_window=3)
+    assert [o.faces for o in seen] == [Path("clip.faces.npz")] * 2
+    assert {(o.precision, o.temporal_window) for o in seen} == {("bf16", 3)}
+    assert res["frames"] == 5 and res["size"] == "64x48" and res["from_cache"]["cache_hit"]
+    seen.clear()
+    bm.edit_video_child("clip.mp4", str(tmp_path))
+    assert [o.faces for o in seen] == [None, None]
+
+
+def test_failure_message_names_every_failed_part_in_order():
+    from fvedit.bench_cli import failure_message
+
+    msg = failure_message({"edit": "FveditError: x", "sampler": "RuntimeError: y"}, Path("r.json"))
+    assert msg.startswith("bench part(s) failed: sampler, edit (sampler: RuntimeError: y)") and "r.json" in msg
+    assert "\n" not in msg
 
 
 # ------------------------------------------------------------------------------------- the CI gate
