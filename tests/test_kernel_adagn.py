@@ -74,7 +74,13 @@ CASES = [
     Case("c64g32-5x9-adagn-f16", 1, 64, 32, 5, 9, dtype=F16, chunks=2, block_hw=32),
     Case("c12g4-7x7-shift-noact-f16", 3, 12, 4, 7, 7, dtype=F16, scale=None, act=False),
     Case("c12g4-7x7-large-mean", 2, 12, 4, 7, 7, chunks=2, block_hw=16, mean=3000.0),
+    # the fold's fixed tiles: K = 22 chunks x 48 channels = 1056 > FOLD_BLOCK_K (two steps, as dva256 at
+    # batch 1 on an H100/H200) and CG = 48 > FOLD_BLOCK_CG (two channel steps) ...
+    Case("c96g2-11x16-fold-loops-cl", 2, 96, 2, 11, 16, channels_last=True, chunks=22, block_hw=8),
+    # ... and K = 6 chunks x 1 < FOLD_BLOCK_K, CG = 3 < FOLD_BLOCK_CG (one partly masked step each)
+    Case("c12g4-8x6-fold-short", 2, 12, 4, 8, 6, chunks=6, block_hw=8),
 ]
+FOLD_LONG, FOLD_SHORT = "c96g2-11x16-fold-loops-cl", "c12g4-8x6-fold-short"
 CASE_IDS = [c.name for c in CASES]
 BY_NAME = {c.name: c for c in CASES}
 
@@ -233,46 +239,32 @@ def _compile_sm90() -> dict:
     target = GPUTarget("cuda", 90, 32)
     ptx = {}
     for B, C, G, H, W, dt, cl, adagn_on, act in SM90_LAUNCHES:
-        HW = H * W
-        plan = adagn.plan_launch(B, C, HW, G, cl, adagn.PROGRAMS_PER_SM * H100_SMS)
-        strides = dict(stride_b=C * HW, stride_c=1 if cl else HW, stride_hw=C if cl else 1)
         x, f32 = f"*{dt}", "*fp32"
-        if cl:
-            stats = (adagn._gn_channel_stats_kernel, dict(
-                x_ptr=x, part_ptr=f32, C=C, HW=HW, n_chunks=plan.n_chunks, chunk_hw=plan.chunk_hw, **strides,
-                BLOCK_C=plan.stats_block_a, BLOCK_HW=plan.stats_block_hw))
-        else:
-            stats = (adagn._gn_group_stats_kernel, dict(
-                x_ptr=x, part_ptr=f32, HW=HW, G=G, CG=C // G, n_chunks=plan.n_chunks, chunk_hw=plan.chunk_hw,
-                **strides, BLOCK_CG=plan.stats_block_a, BLOCK_HW=plan.stats_block_hw))
-        launches = {
-            "stats": (stats[0], plan.stats_warps, stats[1]),
-            "fold": (adagn._gn_fold_kernel, 4, dict(
-                part_ptr=f32, weight_ptr=f32, bias_ptr=f32, scale_ptr=x, shift_ptr=x, a_ptr=f32, b_ptr=f32,
-                C=C, G=G, CG=C // G, n_chunks=plan.n_chunks, n_seg=plan.n_seg, SEGS=plan.segs_per_group, eps=1e-5,
-                stride_scale_b=2 * C, stride_scale_c=1, stride_shift_b=2 * C, stride_shift_c=1,
-                HAS_SCALE=adagn_on, HAS_SHIFT=adagn_on, BLOCK_G=plan.fold_block_g, BLOCK_K=plan.fold_block_k,
-                BLOCK_CG=plan.fold_block_cg)),
-            "apply": (adagn._gn_apply_kernel, plan.apply_warps, dict(
-                x_ptr=x, y_ptr=x, a_ptr=f32, b_ptr=f32, C=C, HW=HW, **strides,
-                ACT=act, BLOCK_C=plan.apply_block_c, BLOCK_HW=plan.apply_block_hw)),
-        }  # fmt: skip
-        for kname, (fn, warps, args) in launches.items():
-            # the specialisation triton applies at launch: ints equal to 1 become constants, pointers
-            # (fresh allocations) and ints divisible by 16 get the 16-divisibility attribute
+        ada = x if adagn_on else f32  # scale/shift in x's dtype (as ResBlock's), else the fp32 stand-in
+        pointers = {"stats": (x, f32), "fold": (f32, f32, f32, ada, ada, f32, f32), "apply": (x, x, f32, f32)}
+        site = adagn.GNSite(B, C, H, W, G, channels_last=cl, adagn=adagn_on, act=act)
+        for launch in adagn.site_launches(site, adagn.PROGRAMS_PER_SM * H100_SMS):
+            fn = adagn._KERNELS[launch.kernel]
+            ptr_names = [n for n in fn.arg_names if n not in launch.scalars and n not in launch.consts]
+            args = {**dict(zip(ptr_names, pointers[launch.role], strict=True)), **launch.scalars, **launch.consts}
+            # the specialisation triton applies at launch (`adagn.int_specialization`): ints equal to 1
+            # become constants, ints divisible by 16 get the 16-divisibility attribute unless the kernel
+            # opts out, pointers (fresh allocations) get it too
             sig, consts, attrs = {}, {}, {}
             for i, name in enumerate(fn.arg_names):
                 v = args[name]
-                if i in fn.constexprs or (type(v) is int and v == 1):
+                spec = adagn.int_specialization(v, launch.role, name) if type(v) is int else ""
+                if i in fn.constexprs or spec == "1":
                     sig[name], consts[name] = "constexpr", v
                 elif isinstance(v, str):
                     sig[name], attrs[(i,)] = v, [["tt.divisibility", 16]]
                 elif isinstance(v, float):
                     sig[name] = "fp32"
                 else:
-                    sig[name] = "i32"
-                    if v % 16 == 0:
+                    sig[name] = spec.removesuffix("D")
+                    if spec.endswith("D"):
                         attrs[(i,)] = [["tt.divisibility", 16]]
+            kname, warps = launch.role, launch.num_warps
             src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
             kernel = triton.compile(src, target=target, options={"num_warps": warps, "enable_fp_fusion": True})
             assert kernel.asm.get("cubin"), f"{kname}: no cubin"
@@ -303,7 +295,9 @@ def _worker(out_path: str, names: list[str]) -> None:
             if case.fold_block_k:
                 plan = dataclasses.replace(plan, fold_block_k=case.fold_block_k)
         y = call(adagn.group_norm_silu_triton, case, inp, plan=plan)
-        results[name] = {**inp, "y": y, "backend": adagn.backend_for(inp["x"])}
+        plan = plan or adagn.plan_launch(case.B, case.C, case.H * case.W, case.G, case.channels_last, 1)
+        fold = {"K": plan.n_chunks * plan.segs_per_group, "block_k": plan.fold_block_k, "block_cg": plan.fold_block_cg}
+        results[name] = {**inp, "y": y, "backend": adagn.backend_for(inp["x"]), "fold": fold}
     torch.save(results, out_path)
 
 
@@ -435,7 +429,10 @@ def test_launch_plan_covers_every_element_once(B, C_per_group, G, H, W, channels
         assert plan.stats_grid == (B * G, plan.n_chunks) and plan.stats_block_a >= C_per_group
         assert (plan.n_seg, plan.segs_per_group) == (G, 1)
     assert plan.stats_block_a * plan.stats_block_hw <= 4096 or plan.stats_block_hw == 16
-    assert plan.fold_block_cg >= C_per_group and plan.fold_grid == (_cdiv(G, plan.fold_block_g), B)
+    # the fold's tiles do not follow the shape (it loops over K and CG): one compiled variant for all
+    fixed = (adagn.FOLD_BLOCK_G, adagn.FOLD_BLOCK_K, adagn.FOLD_BLOCK_CG)
+    assert (plan.fold_block_g, plan.fold_block_k, plan.fold_block_cg) == fixed
+    assert plan.fold_grid == (_cdiv(G, plan.fold_block_g), B)
     assert plan.apply_grid[0] * plan.apply_block_hw >= HW and plan.apply_grid[1] * plan.apply_block_c >= C
     programs = math.prod(plan.stats_grid)
     if target > 1 and programs < target // 2:  # too few programs only when H*W has run out of tiles
@@ -451,6 +448,117 @@ def test_launch_plan_fills_an_h100_at_batch_1(channels_last):
 
 def _cdiv(a, b):
     return -(-a // b)
+
+
+@pytest.mark.parametrize("name, longer", [(FOLD_LONG, True), (FOLD_SHORT, False)])
+def test_fold_cases_straddle_the_fixed_block(interpreted, name, longer):
+    """The two fold cases above run the fixed-tile loops more than once / once, partly masked
+    (their parity is in the tests above): checks the cases still do what they are there for."""
+    fold = interpreted[name]["fold"]
+    assert (fold["block_k"], fold["block_cg"]) == (adagn.FOLD_BLOCK_K, adagn.FOLD_BLOCK_CG)
+    case = BY_NAME[name]
+    assert (fold["K"] > fold["block_k"]) == longer and (case.C // case.G > fold["block_cg"]) == longer
+
+
+# -- how many kernels Triton compiles for dva256 ------------------------------------------------
+
+
+def dva256_gn_sites(batch: int, channels_last: bool = True) -> list[adagn.GNSite]:
+    """Every GroupNorm(+AdaGN)+SiLU call of one dva256 UNet call, from the reference UNet run on the
+    meta device with hooks: the input shape each GN sees, and what FastUNet passes with it (ResBlock
+    in_layers / out head: GN + SiLU; the two AdaGNs: scale and shift; attention: GN only)."""
+    from fvedit.config import DVA256
+    from fvedit.models.unet import AttentionBlock, UNet
+
+    with torch.device("meta"):
+        unet = UNet(DVA256.unet)
+    sites: list[adagn.GNSite] = []
+
+    def record(gn, adagn_on: bool, act: bool):
+        def hook(module, args):  # AttentionBlock's own input: its norm sees it reshaped to [B, C, T]
+            B, C, H, W = args[0].shape
+            sites.append(adagn.GNSite(B, C, H, W, gn.num_groups, channels_last, adagn_on, act))
+
+        return hook
+
+    for m in unet.modules():
+        if isinstance(m, ResBlock):
+            m.in_layers[0].register_forward_pre_hook(record(m.in_layers[0], False, True))
+            m.out_layers[0].register_forward_pre_hook(record(m.out_layers[0], True, True))
+            m.out_layers[3].register_forward_pre_hook(record(m.out_layers[3], True, True))
+        elif isinstance(m, AttentionBlock):
+            m.register_forward_pre_hook(record(m.norm, False, False))
+    unet.out[0].register_forward_pre_hook(record(unet.out[0], False, True))
+    size, cond = DVA256.unet.image_size, DVA256.unet.cond_channels
+    with torch.device("meta"), torch.no_grad():
+        unet(torch.empty(batch, 3, size, size), torch.empty(batch), torch.empty(batch, cond))
+    return sites
+
+
+DVA256_BATCHES = (1, 8, 16, 32)
+# Before the fold's tiles were fixed, dva256 fp16 (channels_last, H100/H200) needed 41 distinct
+# constexpr configurations over these batches, 37 of them fold variants (56 with Triton's integer
+# specialisation on n_chunks). What may remain, per kernel:
+#   channel stats: 1 (its tiles follow min(C, 64) and H*W, both at their caps for every site);
+#   fold:          2 (AdaGN on / off; fixed tiles; n_chunks not specialised);
+#   apply:         4 (SiLU on / off x the tile for C = 128 or C >= 256).
+DVA256_VARIANT_BOUND = {"channel_stats": 1, "fold": 2, "apply": 4}
+
+
+def count_by_kernel(variants: set[tuple]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for key in variants:
+        counts[key[0]] = counts.get(key[0], 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("dtype", [F16, torch.bfloat16], ids=str)
+def test_dva256_needs_few_compiled_gn_kernels(dtype):
+    by_batch = {b: dva256_gn_sites(b) for b in DVA256_BATCHES}
+    assert len(by_batch[1]) == 133  # 44 ResBlocks x 3 + 7 attention norms + the out head
+    variants = adagn.compile_variants([s for sites in by_batch.values() for s in sites], dtype)
+    counts = count_by_kernel(variants)
+    assert set(counts) <= set(DVA256_VARIANT_BOUND), counts
+    assert all(counts[k] <= DVA256_VARIANT_BOUND[k] for k in counts), counts
+    assert len(variants) <= sum(DVA256_VARIANT_BOUND.values()) < 41 // 2
+    # nothing depends on the batch: a new batch size compiles no new kernel
+    assert variants == adagn.compile_variants(by_batch[1], dtype)
+
+
+def test_compile_variants_tells_configurations_apart():
+    """The counter itself: another tile, another x dtype, SiLU or AdaGN off is another variant;
+    another batch (hence another chunk count, n_chunks being unspecialised) is not."""
+    base = adagn.GNSite(1, 128, 64, 64, 32, adagn=True)
+    one = adagn.compile_variants([base], F16)
+    assert len(one) == 3
+    assert adagn.compile_variants([base, dataclasses.replace(base, B=7)], F16) == one
+    assert len(adagn.compile_variants([base, dataclasses.replace(base, C=512)], F16)) == 4  # a new apply tile
+    assert len(adagn.compile_variants([base, dataclasses.replace(base, act=False)], F16)) == 4
+    assert len(adagn.compile_variants([base, dataclasses.replace(base, adagn=False)], F16)) == 4
+    # x in fp32: new stats and apply kernels; the fold reads only fp32 partials / scale, so it is shared
+    assert [k[0] for k in adagn.compile_variants([base], torch.float32) & one] == ["fold"]
+
+
+@pytest.mark.parametrize("value", [0, 1, 2, 3, 16, 17, 48, 1056, 2**31 + 16])
+@pytest.mark.parametrize("role, name", [("fold", "n_chunks"), ("fold", "SEGS"), ("fold", "C"), ("stats", "HW")])
+def test_int_specialization_matches_triton(value, role, name):
+    """`int_specialization` against Triton's own rule, with the kernel's do-not-specialise lists."""
+    specialize = getattr(getattr(adagn.triton, "_C", None), "libtriton", None)
+    native = getattr(specialize, "native_specialize_impl", None)
+    ours = adagn.int_specialization(value, role, name)
+    if native is None:  # no triton (or another version's API): Triton's documented rule
+        width = "i32" if value < 2**31 else "i64"
+        expected = {"n_chunks": width}.get(name, "1" if value == 1 else width + ("D" if value % 16 == 0 else ""))
+        if name == "SEGS" and value != 1:
+            expected = width
+        assert ours == expected
+        return
+    from triton.backends.compiler import BaseBackend
+
+    fn = adagn._KERNELS["fold" if role == "fold" else "group_stats"]
+    param = fn.params[fn.arg_names.index(name)]
+    kind, attr = native(BaseBackend, value, False, not param.do_not_specialize, not param.do_not_specialize_on_alignment)
+    assert ours == ("1" if kind == "constexpr" else kind + (attr or ""))
 
 
 # -- twin, dispatch and argument checks (in-process, fast) ------------------------------------

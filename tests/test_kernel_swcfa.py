@@ -168,6 +168,52 @@ def test_chunked_attention_equals_whole_clip(boundary):
     assert_close_scaled(torch.cat(pieces), whole, tol, boundary)
 
 
+# -- the kernel's device window table ----------------------------------------------------------
+
+
+@pytest.fixture
+def empty_table_cache(monkeypatch):
+    """A private, empty table cache for one test (the module's own is left as it was)."""
+    monkeypatch.setattr(swcfa, "_DEVICE_TABLES", {})
+    return swcfa._DEVICE_TABLES
+
+
+def test_device_table_is_built_once_per_shape(empty_table_cache, monkeypatch):
+    first = swcfa.device_window_table(6, 3, "shrink", "cpu")
+    index, valid = swcfa.window_table(6, 3, "shrink")
+    assert first.index.dtype == first.counts.dtype == torch.int32 and first.index.is_contiguous()
+    assert torch.equal(first.index, index.int()) and torch.equal(first.counts, valid.sum(1).int())
+    assert first.slots == index.shape[1] == 3
+    # a second lookup of the shape builds nothing: the host table must not even be computed
+    with monkeypatch.context() as patch:
+        patch.setattr(swcfa, "window_table", lambda *a, **kw: pytest.fail("table rebuilt"))
+        assert swcfa.device_window_table(6, 3, "shrink", torch.device("cpu")) is first
+    # every other key gets its own table
+    others = [(7, 3, "shrink"), (6, 5, "shrink"), (6, 3, "clamp")]
+    for key in others:
+        table = swcfa.device_window_table(*key, "cpu")
+        index, valid = swcfa.window_table(*key)
+        assert torch.equal(table.index, index.int()) and torch.equal(table.counts, valid.sum(1).int()), key
+    assert len(empty_table_cache) == 1 + len(others)
+
+
+@pytest.mark.parametrize("window", [True, 3.0, 0])
+def test_device_table_validates_before_the_cache(empty_table_cache, window):
+    """True == 1 and 3.0 == 3 as dict keys: they must be refused, not served another shape's table."""
+    swcfa.device_window_table(4, 1, "shrink")
+    swcfa.device_window_table(4, 3, "shrink")
+    with pytest.raises(InputError):
+        swcfa.device_window_table(4, window, "shrink")
+    with pytest.raises(InputError):
+        swcfa.device_window_table(4, 3, "wrap")
+
+
+def test_capture_safe_follows_the_kernel_path(monkeypatch):
+    assert swcfa.capture_safe() == swcfa.triton_available()
+    monkeypatch.setattr(swcfa, "triton_available", lambda: False)  # CUDA would run the twin
+    assert swcfa.capture_safe() is False
+
+
 # -- PyTorch twin -----------------------------------------------------------------------------
 
 
@@ -360,6 +406,65 @@ def kernel_block_case() -> tuple[AttentionBlock, torch.Tensor]:
     return random_block(32, 1, seed=3), torch.randn(4, 32, 4, 4, generator=torch.Generator().manual_seed(9))
 
 
+CACHE_SHAPE = (6, 16, 9, 3, "shrink")  # (frames, channels, tokens, window, boundary): in no case above
+CACHE_OTHERS = [(7, 3, "shrink"), (6, 5, "shrink")]  # other frames / window: their own tables
+
+
+def _table_matches(table, frames: int, window: int, boundary: str) -> bool:
+    """A cached device table holds `window_table`'s entries (as int32 index and counts)."""
+    index, valid = swcfa.window_table(frames, window, boundary)
+    return table is not None and torch.equal(table.index, index.int()) and torch.equal(table.counts, valid.sum(1).int())
+
+
+def _table_cache_report() -> dict:
+    """Runs in the interpreter subprocess: the launcher's second call of a shape builds no table."""
+    frames, channels, tokens, window, boundary = CACHE_SHAPE
+    q, k, v = random_qkv(frames, channels, tokens, seed=5)
+    before = len(swcfa._DEVICE_TABLES)
+    first = swcfa.windowed_frame_attention_triton(q, k, v, window, boundary=boundary)
+    table = swcfa._DEVICE_TABLES.get((frames, window, boundary, q.device))
+    built_first = len(swcfa._DEVICE_TABLES) - before
+    host_table, builder = swcfa.window_table, swcfa._build_device_table
+
+    rebuilt = []
+
+    def refuse(*args, **kwargs):
+        rebuilt.append(args)
+        raise RuntimeError("the second call of a shape built a window table")
+
+    swcfa.window_table = swcfa._build_device_table = refuse
+    try:
+        second = swcfa.windowed_frame_attention_triton(q, k, v, window, boundary=boundary)
+    except RuntimeError:
+        second = torch.full_like(first, float("nan"))
+    finally:
+        swcfa.window_table, swcfa._build_device_table = host_table, builder
+    ref = swcfa.windowed_frame_attention_twin(q, k, v, window, boundary=boundary)
+    others = []
+    for f, w, b in CACHE_OTHERS:
+        qo, ko, vo = random_qkv(f, channels, tokens, seed=f + w)
+        n = len(swcfa._DEVICE_TABLES)
+        out = swcfa.windowed_frame_attention_triton(qo, ko, vo, w, boundary=b)
+        others.append(
+            {
+                "built": len(swcfa._DEVICE_TABLES) - n,
+                "table_matches": _table_matches(swcfa._DEVICE_TABLES.get((f, w, b, qo.device)), f, w, b),
+                "error": (out - swcfa.windowed_frame_attention_twin(qo, ko, vo, w, boundary=b)).abs().max().item(),
+                "scales": attention_scales(qo, ko, vo, w, b),
+            }
+        )
+    return {
+        "built_first": built_first,
+        "rebuilt_on_second_call": bool(rebuilt),
+        "same_table": table is not None and swcfa._DEVICE_TABLES.get((frames, window, boundary, q.device)) is table,
+        "table_unchanged": _table_matches(table, frames, window, boundary),
+        "repeat_identical": bool(torch.equal(first, second)),
+        "error": (second - ref).abs().max().item(),
+        "scales": attention_scales(q, k, v, window, boundary),
+        "others": others,
+    }
+
+
 def _interpreter_main() -> None:
     """Runs in the subprocess (TRITON_INTERPRET=1 set before triton is imported); prints JSON."""
     report = {"interpreting": swcfa.interpreting(), "cases": []}
@@ -378,6 +483,7 @@ def _interpreter_main() -> None:
                 "scales": attention_scales(q, k, v, window, boundary),
             }
         )
+    report["cache"] = _table_cache_report()
     # The block through the kernel: q, k, v arrive as strided views of the qkv conv output.
     block, x = kernel_block_case()
     with torch.no_grad():
@@ -475,6 +581,19 @@ def test_triton_kernel_matches_twin_under_interpreter(interpreter_report, case):
     assert result["auto_is_kernel"]  # 'auto' runs the kernel under the interpreter
 
 
+def test_launcher_reuses_its_device_table(interpreter_report):
+    """Second call of a shape: no table built (the builders raise if called), same output, which
+    matches the twin; another frame count or window gets its own, correct, table."""
+    cache = interpreter_report["cache"]
+    assert cache["built_first"] == 1 and not cache["rebuilt_on_second_call"]
+    assert cache["same_table"] and cache["table_unchanged"]
+    assert cache["repeat_identical"]
+    assert cache["error"] <= attention_tolerance("float32", **cache["scales"]), cache
+    for other in cache["others"]:
+        assert other["built"] == 1 and other["table_matches"], other
+        assert other["error"] <= attention_tolerance("float32", **other["scales"]), other
+
+
 def test_block_through_triton_kernel_matches_twin(interpreter_report):
     block, x = kernel_block_case()
     tol = block_tolerance(block, x, 3)
@@ -497,3 +616,21 @@ def test_triton_kernel_on_cuda_matches_twin(dtype, boundary):
         # same scale as the interpreter cases: unit roundoff x logits and values of these inputs
         scales = attention_scales(q, k, v, 3, boundary)
         assert_close_scaled(out.float(), ref, attention_tolerance(dtype, **scales), f"{frames}x{tokens}", scale=str(scales))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_triton_kernel_is_capturable_in_a_cuda_graph(dtype):
+    """After one eager call (Triton JIT, the window table), the launcher captures and replays."""
+    q, k, v = (t.cuda() for t in random_qkv(6, 512, 64, dtype, seed=2))
+    swcfa.windowed_frame_attention(q, k, v, 3)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = swcfa.windowed_frame_attention(q, k, v, 3)
+    for t, new in zip((q, k, v), random_qkv(6, 512, 64, dtype, seed=3), strict=True):
+        t.copy_(new)  # replay reads the static inputs' new contents
+    graph.replay()
+    torch.cuda.synchronize()
+    ref = swcfa.windowed_frame_attention_twin(q.float(), k.float(), v.float(), 3)
+    scales = attention_scales(q, k, v, 3, "shrink")
+    assert_close_scaled(out.float(), ref, attention_tolerance(dtype, **scales), "replay", scale=str(scales))

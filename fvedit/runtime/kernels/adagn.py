@@ -68,8 +68,32 @@ _MAX_BLOCK_CG = 4096  # channels per group that one stats tile holds (dva256 has
 PROGRAMS_PER_SM = 4  # statistics programs in flight per SM on CUDA
 
 
-def _jit(fn):
-    """`triton.jit` when triton is present; the plain function (never launched) otherwise."""
+# Integer arguments Triton must not specialise on (a value of 1 or a multiple of 16 would each
+# compile another variant). n_chunks follows batch and layer and only scales the partials'
+# addresses, whose alignment the C or G factor already gives, so specialising on it gains
+# nothing. The fold's CG / SEGS keep the "== 1" case (NCHW: SEGS = 1 turns k // SEGS into k)
+# but not the 16-divisibility one, which only touches its tiny per-channel loads. (n_chunks is in
+# both lists: do_not_specialize alone already drops both keys on current Triton; naming it twice
+# keeps that so on versions that treated them apart.)
+NO_SPECIALIZE = {"stats": ("n_chunks",), "fold": ("n_chunks",), "apply": ()}
+NO_ALIGN_SPECIALIZE = {"stats": ("n_chunks",), "fold": ("n_chunks", "CG", "SEGS"), "apply": ()}
+
+
+def _jit(role: str):
+    """`triton.jit` (with the role's no-specialise lists) when triton is present; else the plain function."""
+
+    def wrap(fn):
+        if triton is None:
+            return fn
+        return triton.jit(
+            fn, do_not_specialize=NO_SPECIALIZE[role], do_not_specialize_on_alignment=NO_ALIGN_SPECIALIZE[role]
+        )
+
+    return wrap
+
+
+def _jit_helper(fn):
+    """`triton.jit` for a device function called from the kernels (never launched)."""
     return triton.jit(fn) if triton is not None else fn
 
 
@@ -79,7 +103,7 @@ def _jit(fn):
 # planes (count, mean, M2) per segment, a segment being a group (NCHW) or a channel (NHWC).
 
 
-@_jit
+@_jit_helper
 def _merge(count, mean, m2, n_b, mean_b, m2_b):
     """Chan, Golub & LeVeque: statistics of the union of two sets from each one's (count, mean, M2)."""
     total = count + n_b
@@ -88,7 +112,7 @@ def _merge(count, mean, m2, n_b, mean_b, m2_b):
     return total, mean + delta * frac, m2 + m2_b + delta * delta * (count * frac)
 
 
-@_jit
+@_jit("stats")
 def _gn_group_stats_kernel(
     x_ptr,
     part_ptr,
@@ -134,7 +158,7 @@ def _gn_group_stats_kernel(
     tl.store(out + 2 * G, m2)
 
 
-@_jit
+@_jit("stats")
 def _gn_channel_stats_kernel(
     x_ptr,
     part_ptr,
@@ -176,7 +200,7 @@ def _gn_channel_stats_kernel(
     tl.store(out + 2 * C, m2, mask=c_mask)
 
 
-@_jit
+@_jit("fold")
 def _gn_fold_kernel(
     part_ptr,
     weight_ptr,
@@ -203,7 +227,8 @@ def _gn_fold_kernel(
     BLOCK_CG: tl.constexpr,
 ):
     """One program per (block of groups, batch): merge each group's n_chunks * SEGS partials, then
-    fold GN affine + AdaGN into A, B for the group's channels."""
+    fold GN affine + AdaGN into A, B for the group's channels. BLOCK_K and BLOCK_CG are fixed and
+    the kernel loops over K and CG, so one compiled variant serves every batch, layer and chunking."""
     pid_g = tl.program_id(0)
     b = tl.program_id(1)
     g = pid_g * BLOCK_G + tl.arange(0, BLOCK_G)
@@ -227,24 +252,29 @@ def _gn_fold_kernel(
     var = m2 / tl.where(count > 0, count, 1.0)  # biased, as nn.GroupNorm
     rstd = 1.0 / tl.sqrt(var + eps)
 
-    j = tl.arange(0, BLOCK_CG)
-    c = g[:, None] * CG + j[None, :]
-    c_mask = g_mask[:, None] & (j < CG)[None, :]
-    gamma = tl.load(weight_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
-    beta = tl.load(bias_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
-    a = rstd[:, None] * gamma
-    off = beta - mean[:, None] * a
-    if HAS_SCALE:
-        s = 1.0 + tl.load(scale_ptr + b * stride_scale_b + c * stride_scale_c, mask=c_mask, other=0.0).to(tl.float32)
-        a = a * s
-        off = off * s
-    if HAS_SHIFT:
-        off = off + tl.load(shift_ptr + b * stride_shift_b + c * stride_shift_c, mask=c_mask, other=0.0).to(tl.float32)
-    tl.store(a_ptr + b * C + c, a, mask=c_mask)
-    tl.store(b_ptr + b * C + c, off, mask=c_mask)
+    for j0 in range(0, CG, BLOCK_CG):
+        j = j0 + tl.arange(0, BLOCK_CG)
+        c = g[:, None] * CG + j[None, :]
+        c_mask = g_mask[:, None] & (j < CG)[None, :]
+        gamma = tl.load(weight_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
+        beta = tl.load(bias_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
+        a = rstd[:, None] * gamma
+        off = beta - mean[:, None] * a
+        if HAS_SCALE:
+            s = 1.0 + tl.load(scale_ptr + b * stride_scale_b + c * stride_scale_c, mask=c_mask, other=0.0).to(
+                tl.float32
+            )
+            a = a * s
+            off = off * s
+        if HAS_SHIFT:
+            off = off + tl.load(shift_ptr + b * stride_shift_b + c * stride_shift_c, mask=c_mask, other=0.0).to(
+                tl.float32
+            )
+        tl.store(a_ptr + b * C + c, a, mask=c_mask)
+        tl.store(b_ptr + b * C + c, off, mask=c_mask)
 
 
-@_jit
+@_jit("apply")
 def _gn_apply_kernel(
     x_ptr,
     y_ptr,  # same strides as x
@@ -390,6 +420,17 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+# The fold kernel's tiles are fixed, whatever the shape: it loops over a group's K = n_chunks * SEGS
+# partials and over its CG channels, so it compiles once per (dtype, AdaGN on/off) instead of once
+# per chunk count. 2 x 1024 is the tile the shape-following plan used for the largest K: dva256 on
+# an H100/H200 reaches K = 1056 at batch 1 (two steps, as before), and at large batches, where K
+# is 4..64, the masked lanes issue no memory traffic. 32 channels per step covers dva256's
+# CG = 4..32 in one.
+FOLD_BLOCK_G = 2
+FOLD_BLOCK_K = 1024
+FOLD_BLOCK_CG = 32
+
+
 @dataclass(frozen=True)
 class LaunchPlan:
     """Grids, tiles and warps of the three kernels for one input shape and layout."""
@@ -450,9 +491,6 @@ def plan_launch(
     else:
         stats_grid = (B * G, n_chunks)
         n_seg, segs = G, 1
-    block_k = min(_next_pow2(n_chunks * segs), 1024)
-    block_cg = _next_pow2(CG)
-    fold_g = min(_next_pow2(G), max(1, 2048 // max(block_k, block_cg)))
     if channels_last:
         a_c = min(_next_pow2(C), 256)
         a_hw = block_hw or min(_next_pow2(HW), max(1, 2048 // a_c))
@@ -469,15 +507,167 @@ def plan_launch(
         stats_grid=stats_grid,
         n_seg=n_seg,
         segs_per_group=segs,
-        fold_block_g=fold_g,
-        fold_block_k=block_k,
-        fold_block_cg=block_cg,
-        fold_grid=(_cdiv(G, fold_g), B),
+        fold_block_g=FOLD_BLOCK_G,
+        fold_block_k=FOLD_BLOCK_K,
+        fold_block_cg=FOLD_BLOCK_CG,
+        fold_grid=(_cdiv(G, FOLD_BLOCK_G), B),
         apply_block_c=a_c,
         apply_block_hw=a_hw,
         apply_warps=8 if a_c * a_hw >= 2048 else 4,
         apply_grid=(_cdiv(HW, a_hw), _cdiv(C, a_c), B),
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# The launches of one call, described without their tensors: the launcher runs them, and
+# `compile_variants` counts what Triton compiles for them, from the same description.
+
+_KERNELS = {
+    "group_stats": _gn_group_stats_kernel,
+    "channel_stats": _gn_channel_stats_kernel,
+    "fold": _gn_fold_kernel,
+    "apply": _gn_apply_kernel,
+}
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """One kernel launch minus its pointers: the scalars and constexprs that pick its compiled variant."""
+
+    role: str  # "stats", "fold" or "apply" (keys NO_SPECIALIZE / NO_ALIGN_SPECIALIZE)
+    kernel: str  # key of _KERNELS
+    grid: tuple[int, ...]
+    scalars: dict[str, int | float]  # by parameter name, in signature order
+    consts: dict[str, int | bool]
+    num_warps: int
+
+
+def _stats_launch(plan: LaunchPlan, C: int, HW: int, G: int, strides: tuple[int, int, int]) -> KernelLaunch:
+    """Statistics pass: per-channel partials (channels_last) or per-group partials (NCHW)."""
+    stride_b, stride_c, stride_hw = strides
+    common = {"n_chunks": plan.n_chunks, "chunk_hw": plan.chunk_hw, "stride_b": stride_b, "stride_c": stride_c}
+    if plan.channels_last:
+        scalars = {"C": C, "HW": HW, **common, "stride_hw": stride_hw}
+        consts = {"BLOCK_C": plan.stats_block_a, "BLOCK_HW": plan.stats_block_hw}
+        return KernelLaunch("stats", "channel_stats", plan.stats_grid, scalars, consts, plan.stats_warps)
+    scalars = {"HW": HW, "G": G, "CG": C // G, **common, "stride_hw": stride_hw}
+    consts = {"BLOCK_CG": plan.stats_block_a, "BLOCK_HW": plan.stats_block_hw}
+    return KernelLaunch("stats", "group_stats", plan.stats_grid, scalars, consts, plan.stats_warps)
+
+
+def _fold_launch(
+    plan: LaunchPlan,
+    C: int,
+    G: int,
+    eps: float,
+    scale_strides: tuple[int, int] | None,
+    shift_strides: tuple[int, int] | None,
+) -> KernelLaunch:
+    """Fold pass: merge the partials, fold GN affine + AdaGN into A, B."""
+    sb, sc = scale_strides or (0, 0)
+    hb, hc = shift_strides or (0, 0)
+    scalars = {
+        "C": C, "G": G, "CG": C // G, "n_chunks": plan.n_chunks, "n_seg": plan.n_seg, "SEGS": plan.segs_per_group,
+        "eps": float(eps), "stride_scale_b": sb, "stride_scale_c": sc, "stride_shift_b": hb, "stride_shift_c": hc,
+    }  # fmt: skip
+    consts = {
+        "HAS_SCALE": scale_strides is not None, "HAS_SHIFT": shift_strides is not None,
+        "BLOCK_G": plan.fold_block_g, "BLOCK_K": plan.fold_block_k, "BLOCK_CG": plan.fold_block_cg,
+    }  # fmt: skip
+    return KernelLaunch("fold", "fold", plan.fold_grid, scalars, consts, 4)
+
+
+def _apply_launch(plan: LaunchPlan, C: int, HW: int, strides: tuple[int, int, int], act: bool) -> KernelLaunch:
+    """Apply pass: y = SiLU(x * A + B)."""
+    stride_b, stride_c, stride_hw = strides
+    scalars = {"C": C, "HW": HW, "stride_b": stride_b, "stride_c": stride_c, "stride_hw": stride_hw}
+    consts = {"ACT": bool(act), "BLOCK_C": plan.apply_block_c, "BLOCK_HW": plan.apply_block_hw}
+    return KernelLaunch("apply", "apply", plan.apply_grid, scalars, consts, plan.apply_warps)
+
+
+def kernel_launches(
+    plan: LaunchPlan,
+    C: int,
+    HW: int,
+    G: int,
+    strides: tuple[int, int, int],
+    *,
+    eps: float = 1e-5,
+    scale_strides: tuple[int, int] | None = None,
+    shift_strides: tuple[int, int] | None = None,
+    act: bool = True,
+) -> tuple[KernelLaunch, KernelLaunch, KernelLaunch]:
+    """Statistics, fold and apply launches for x addressed as [B, C, HW] through `strides`."""
+    return (
+        _stats_launch(plan, C, HW, G, strides),
+        _fold_launch(plan, C, G, eps, scale_strides, shift_strides),
+        _apply_launch(plan, C, HW, strides, act),
+    )
+
+
+def int_specialization(value: int, role: str, name: str) -> str:
+    """What Triton keys a compiled variant on for an int argument: "1" for a value of 1, its width,
+    and "D" when divisible by 16; nothing but the width for a do-not-specialise argument."""
+    width = "i32" if -(2**31) <= value < 2**31 else "i64"
+    if name in NO_SPECIALIZE[role]:
+        return width
+    if value == 1:
+        return "1"
+    return width + ("D" if value % 16 == 0 and name not in NO_ALIGN_SPECIALIZE[role] else "")
+
+
+def variant_key(launch: KernelLaunch, pointer_dtypes: tuple[torch.dtype, ...]) -> tuple:
+    """The parts of Triton's cache key that vary between our launches (pointers assumed 16-byte aligned)."""
+    ints = tuple(
+        (name, int_specialization(v, launch.role, name)) for name, v in launch.scalars.items() if type(v) is int
+    )
+    consts = tuple(sorted(launch.consts.items()))
+    return (launch.kernel, tuple(map(str, pointer_dtypes)), consts, launch.num_warps, ints)
+
+
+@dataclass(frozen=True)
+class GNSite:
+    """One `group_norm_silu` call as FastUNet makes it: x [B, C, H, W], G groups, its options."""
+
+    B: int
+    C: int
+    H: int
+    W: int
+    G: int
+    channels_last: bool = True  # FastUNet's layout on CUDA
+    adagn: bool = False  # scale and shift given: halves of a [B, 2C] Linear output, strides (2C, 1)
+    act: bool = True
+
+
+def site_launches(site: GNSite, programs_target: int) -> tuple[KernelLaunch, KernelLaunch, KernelLaunch]:
+    """The launches `group_norm_silu_triton` makes for a dense x of this site."""
+    C, HW = site.C, site.H * site.W
+    strides = (C * HW, 1, C) if site.channels_last else (C * HW, HW, 1)
+    plan = plan_launch(site.B, C, HW, site.G, site.channels_last, programs_target)
+    halves = (2 * C, 1) if site.adagn else None
+    return kernel_launches(plan, C, HW, site.G, strides, scale_strides=halves, shift_strides=halves, act=site.act)
+
+
+def compile_variants(
+    sites: list[GNSite],
+    dtype: torch.dtype,
+    *,
+    programs_target: int = PROGRAMS_PER_SM * 132,
+    scale_dtype: torch.dtype = torch.float32,
+    param_dtype: torch.dtype = torch.float32,
+) -> set[tuple]:
+    """Distinct compiled kernels (see `variant_key`) the sites need, for x in `dtype` on a GPU with
+    programs_target / PROGRAMS_PER_SM SMs (132: H100 / H200). Each one is a JIT compile on a fresh
+    machine. scale/shift and the GN affine come in fp32 from FastUNet (its Linears and GNs stay fp32)."""
+    f32 = torch.float32
+    variants = set()
+    for site in sites:
+        stats, fold, apply = site_launches(site, programs_target)
+        ada = scale_dtype if site.adagn else f32  # the fp32 A buffer stands in for an absent scale/shift
+        variants.add(variant_key(stats, (dtype, f32)))
+        variants.add(variant_key(fold, (f32, param_dtype, param_dtype, ada, ada, f32, f32)))
+        variants.add(variant_key(apply, (dtype, dtype, f32, f32)))
+    return variants
 
 
 def group_norm_silu_triton(
@@ -537,37 +727,23 @@ def group_norm_silu_triton(
     elif plan.channels_last != (stride_hw != 1):
         raise InputError(f"group_norm_silu_triton: the plan is for channels_last={plan.channels_last}, x is not")
     partials = torch.empty(B, plan.n_chunks, 3, plan.n_seg, device=dev, dtype=torch.float32)
-    if plan.channels_last:
-        _gn_channel_stats_kernel[plan.stats_grid](
-            x, partials, C, HW, plan.n_chunks, plan.chunk_hw, stride_b, stride_c, stride_hw,
-            BLOCK_C=plan.stats_block_a, BLOCK_HW=plan.stats_block_hw, num_warps=plan.stats_warps,
-            enable_fp_fusion=True,
-        )  # fmt: skip
-    else:
-        _gn_group_stats_kernel[plan.stats_grid](
-            x, partials, HW, G, CG, plan.n_chunks, plan.chunk_hw, stride_b, stride_c, stride_hw,
-            BLOCK_CG=plan.stats_block_a, BLOCK_HW=plan.stats_block_hw, num_warps=plan.stats_warps,
-            enable_fp_fusion=True,
-        )  # fmt: skip
-
     a = torch.empty(B, C, device=dev, dtype=torch.float32)
     off = torch.empty(B, C, device=dev, dtype=torch.float32)
     dummy = a  # never read when the HAS_* flag is off
-    _gn_fold_kernel[plan.fold_grid](
-        partials, weight, bias,
-        scale if scale is not None else dummy, shift if shift is not None else dummy,
-        a, off, C, G, CG, plan.n_chunks, plan.n_seg, plan.segs_per_group, float(eps),
-        *(scale.stride() if scale is not None else (0, 0)), *(shift.stride() if shift is not None else (0, 0)),
-        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-        BLOCK_G=plan.fold_block_g, BLOCK_K=plan.fold_block_k, BLOCK_CG=plan.fold_block_cg,
-        num_warps=4, enable_fp_fusion=True,
+    pointers = {
+        "stats": (x, partials),
+        "fold": (partials, weight, bias, dummy if scale is None else scale, dummy if shift is None else shift, a, off),
+        "apply": (x, y, a, off),
+    }
+    launches = kernel_launches(
+        plan, C, HW, G, (stride_b, stride_c, stride_hw), eps=float(eps), act=bool(act),
+        scale_strides=None if scale is None else scale.stride(), shift_strides=None if shift is None else shift.stride(),
     )  # fmt: skip
-
-    _gn_apply_kernel[plan.apply_grid](
-        x, y, a, off, C, HW, stride_b, stride_c, stride_hw,
-        ACT=bool(act), BLOCK_C=plan.apply_block_c, BLOCK_HW=plan.apply_block_hw, num_warps=plan.apply_warps,
-        enable_fp_fusion=True,  # x * A + B as one FMA: one rounding
-    )  # fmt: skip
+    for launch in launches:
+        # enable_fp_fusion: x * A + B as one FMA in the apply kernel, one rounding
+        _KERNELS[launch.kernel][launch.grid](
+            *pointers[launch.role], **launch.scalars, **launch.consts, num_warps=launch.num_warps, enable_fp_fusion=True
+        )
     return y
 
 

@@ -26,6 +26,12 @@ Chunking. The window only ever sees the frames that are passed in: a caller that
 clip into batches must give each batch its context frames (see `plan_chunks`) or pass the
 whole clip, else the batch edges are treated as clip edges.
 
+Window table: the kernel reads its window table from the device. `device_window_table` builds it
+once per (frames, window, boundary, device) and caches it, so a call after the first copies
+nothing host-to-device and never syncs, and the launcher can be captured in a CUDA graph
+(`capture_safe`). The twin builds its own table on every call, on purpose: the oracle shares no
+cached state with the kernel it checks.
+
 Backends: `windowed_frame_attention_twin` is the plain-PyTorch reference;
 `windowed_frame_attention_triton` is a flash-attention style kernel (online softmax in fp32,
 one program per (frame, query tile), looping over the window's frames and their key tiles,
@@ -142,6 +148,73 @@ def window_table(
     index = torch.tensor([w + [i] * (width - len(w)) for i, w in enumerate(windows)], dtype=torch.long)
     valid = torch.tensor([[True] * len(w) + [False] * (width - len(w)) for w in windows])
     return index.to(device), valid.to(device)
+
+
+# -- the kernel's window table, built once per shape on the device --------------------------
+
+
+@dataclass(frozen=True)
+class DeviceWindowTable:
+    """The kernel's view of `window_table` on one device. Shared by every call of the shape (and
+    by any CUDA graph that captured one), so read-only by convention: never write into it."""
+
+    index: Tensor  # [F, slots] int32, contiguous: source frames, padding after the real ones
+    counts: Tensor  # [F] int32: how many slots of each row are real
+    slots: int
+
+
+# Never evicted: a captured CUDA graph holds these tables' device addresses but no reference to
+# them, so freeing one would let the allocator hand its memory to something else under the graph.
+# They are tiny (F * slots int32), and a run sees a handful of (frames, window, boundary) keys.
+_DEVICE_TABLES: dict[tuple[int, int, str, torch.device], DeviceWindowTable] = {}
+
+
+def _table_key(num_frames: int, window: int, boundary: str, device: torch.device | str) -> tuple:
+    """Validated cache key; a CUDA device without an index means the current one (as tensors say)."""
+    _check_window(window)  # before the lookup: True == 1 and 3.0 == 3 as dict keys
+    _check_boundary(boundary)
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise InputError(f"num_frames must be a positive integer, got {num_frames!r}")
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return num_frames, window, boundary, device
+
+
+def _build_device_table(num_frames: int, window: int, boundary: str, device: torch.device) -> DeviceWindowTable:
+    """Build on the host and copy over: the one host-to-device copy (and sync) of this shape."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise FveditError(
+            f"SWCFA: the window table for {num_frames} frames, window {window} ({boundary}) is first needed "
+            "inside a CUDA graph capture, where it cannot be copied to the GPU; run one call of this shape "
+            "before capturing (CudaGraphUNet's warm-ups do), or call device_window_table first"
+        )
+    index, valid = window_table(num_frames, window, boundary)
+    counts = valid.sum(dim=1).to(torch.int32).to(device)
+    return DeviceWindowTable(index.to(torch.int32).contiguous().to(device), counts, index.shape[1])
+
+
+def device_window_table(
+    num_frames: int, window: int, boundary: str = "shrink", device: torch.device | str = "cpu"
+) -> DeviceWindowTable:
+    """The kernel's window table for this shape on `device`: built the first time, then reused, so
+    later calls make no host-to-device copy and no host sync (and can be captured in a CUDA graph)."""
+    key = _table_key(num_frames, window, boundary, device)
+    table = _DEVICE_TABLES.get(key)
+    if table is None:  # two threads may both build; setdefault hands both the same one
+        table = _DEVICE_TABLES.setdefault(key, _build_device_table(*key))
+    return table
+
+
+def capture_safe() -> bool:
+    """Whether `windowed_frame_attention` on CUDA tensors can run inside a CUDA graph capture.
+
+    True when Triton is installed: 'auto' then runs the kernel, whose launcher only looks up its
+    cached device table (after one call of the shape outside the capture: CudaGraphUNet's
+    warm-ups make it). Without Triton the twin runs, which builds its table on the host and
+    syncs on every call, so a capture would fail.
+    """
+    return triton_available()
 
 
 # -- PyTorch twin (the reference) ----------------------------------------------------------
@@ -325,7 +398,11 @@ def kernel_tiles(channels: int, dtype: torch.dtype) -> dict[str, int]:
 def windowed_frame_attention_triton(
     q: Tensor, k: Tensor, v: Tensor, window: int, *, boundary: str = "shrink"
 ) -> Tensor:
-    """Launch the Triton kernel: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1."""
+    """Launch the Triton kernel: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1.
+
+    Host work per call is argument checks and a cache lookup: the window table lives on the device
+    (`device_window_table`), so after the first call of a shape the launcher is capturable.
+    """
     _check_qkv(q, k, v)
     if not triton_available():
         raise FveditError("Triton is not installed: install fvedit[triton] or use the PyTorch twin (backend='twin')")
@@ -342,16 +419,14 @@ def windowed_frame_attention_triton(
         )
     _load_triton()
     frames, channels, tokens = q.shape
-    index, valid = window_table(frames, window, boundary, q.device)
-    counts = valid.sum(dim=1).to(torch.int32)
-    index = index.to(torch.int32).contiguous()
+    table = device_window_table(frames, window, boundary, q.device)  # cached: no copy, no sync
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)  # views such as a qkv split need no copy
     tiles = kernel_tiles(channels, q.dtype)
     grid = (frames, triton.cdiv(tokens, tiles["BLOCK_M"]))
     _swcfa_forward[grid](
-        q, k, v, out, index, counts,
+        q, k, v, out, table.index, table.counts,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        channels, tokens, index.shape[1], 1 / math.sqrt(math.sqrt(channels)),
+        channels, tokens, table.slots, 1 / math.sqrt(math.sqrt(channels)),
         **tiles,
     )  # fmt: skip
     return out
