@@ -214,7 +214,7 @@ def part_unet(c: Check) -> dict[str, Any]:
 def _category(name: str) -> str:
     n = name.lower()
     if "_gn_" in n or "group_norm" in n:
-        return "GroupNorm (Triton)"
+        return "GroupNorm+SiLU"
     if any(k in n for k in ("conv", "gemm", "cutlass", "xmma", "sm90", "sm80", "implicit", "cudnn", "mm")):
         return "conv / gemm"
     if any(k in n for k in ("flash", "fmha", "attention", "softmax", "swcfa")):
