@@ -145,6 +145,12 @@ MaxGapOpt = typer.Option(
     "frame is looked at again, more sensitively, and edited only where the face is confirmed. Frames without "
     "the face (the person left the shot, a cutaway) are always written unchanged. 0 = never bridge.",
 )
+AlignOpt = typer.Option(
+    "fast", "--align",
+    help="Face detection: 'fast' (HOG on a copy at most 640 px wide, landmarks at full resolution; on 1080p the "
+    "crops move ~1 px from the official ones) or 'official' (HOG on every full-resolution frame, as the official "
+    "DVA preprocessing: the same boxes, landmarks and crops; several times slower detection).",
+)
 FacesOpt = typer.Option(
     None, "--faces", show_default=False,
     help="A faces file from `fvedit align` for this video: replay its detections instead of running the face "
@@ -164,6 +170,9 @@ def _options(**kw):
 
     sampler, steps = kw.pop("sampler"), kw.pop("steps")
     face = parse_selection(kw.pop("face"))
+    from fvedit.face.detect import detector_settings
+
+    detector_settings(kw.get("align", "fast"))  # an unknown --align fails before any work
     threads = set_threads(kw.pop("threads", None))
     return PipelineOptions(sampler=SamplerSpec(sampler, steps), face=face, threads=threads, **kw)
 
@@ -196,6 +205,7 @@ def edit(
     temporal_window: int = typer.Option(1, "--temporal-window", min=1, help="Sliding-window cross-frame attention over this many frames (1 = the official per-frame attention; odd sizes are centred, even ones lean to the past). Changes outputs vs the official model; batches get window//2 context frames on each side."),
     face: str = FaceOpt,
     max_gap: int = MaxGapOpt,
+    align: str = AlignOpt,
     faces: Optional[Path] = FacesOpt,
     feather: float = typer.Option(8.0, "--feather", min=0.0, help="Width in pixels (of a 256 px crop) of the soft edge of the paste-back mask; 0 = hard official mask."),
     mask: str = typer.Option("auto", "--mask", help="Paste-back mask: 'parser' (face parser, as official), 'hull' (landmark hull) or 'auto' (parser with real weights, hull with demo weights)."),
@@ -224,7 +234,7 @@ def edit(
     out = output or video.with_name(f"{video.stem}.edited.mp4")
     opts = _options(sampler=sampler, steps=steps, face=face, batch_size=batch_size, cache_dir=cache_dir,
                     use_cache=not no_cache, feather_px=feather, mask=mask, crf=crf, side_by_side=side_by_side,
-                    quiet=quiet, max_gap=max_gap, threads=threads, faces=faces)
+                    quiet=quiet, max_gap=max_gap, threads=threads, faces=faces, align=align)
     if mask not in ("auto", "parser", "hull"):
         raise InputError(f"unknown --mask {mask!r}: use auto, parser or hull")
     if no_cache and from_cache:
@@ -246,6 +256,7 @@ def encode(
     temporal_window: int = typer.Option(1, "--temporal-window", min=1, help="As for `fvedit edit`: an edit that uses a window must find an encoding made with the same window and batch size."),
     face: str = FaceOpt,
     max_gap: int = MaxGapOpt,
+    align: str = AlignOpt,
     faces: Optional[Path] = FacesOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute and overwrite an existing encoding."),
@@ -257,13 +268,13 @@ def encode(
 ) -> None:
     """Invert a video once (align, identities, landmarks, x_T) and cache it, so later edits skip the inversion.
 
-    An edit finds the encoding when it uses the same sampler, steps, face, --max-gap, backend, precision
-    and temporal window.
+    An edit finds the encoding when it uses the same sampler, steps, face, --max-gap, --align, backend,
+    precision and temporal window.
     """
     from fvedit.jobs import EditRequest, run_edit
 
     opts = _options(sampler=sampler, steps=steps, face=face, batch_size=batch_size, cache_dir=cache_dir, quiet=quiet,
-                    precision=precision, temporal_window=temporal_window, use_cache=not no_cache, max_gap=max_gap,
+                    precision=precision, temporal_window=temporal_window, use_cache=not no_cache, max_gap=max_gap, align=align,
                     threads=threads, faces=faces)
     run_edit(video, None, EditRequest([]), preset=preset, weights_dir=weights_dir, device=device, backend=backend, opts=opts)
 
@@ -278,6 +289,7 @@ def align(
     ),
     face: str = FaceOpt,
     max_gap: int = MaxGapOpt,
+    align: str = AlignOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the path written."),
 ) -> None:
     """Detect and track the face once and save the results, so `edit`, `encode` and `bench` can run without
@@ -303,7 +315,7 @@ def align(
     from fvedit.face.track import parse_selection
     from fvedit.jobs import run_align
 
-    run_align(video, output, face=parse_selection(face), max_gap=max_gap, quiet=quiet)
+    run_align(video, output, face=parse_selection(face), max_gap=max_gap, align=align, quiet=quiet)
 
 
 @app.command()

@@ -135,10 +135,10 @@ def check_faces_for(video: Path, opts: PipelineOptions) -> None:
 
 
 def run_align(video: Path, output: Path | None, *, face: "Selection" = "largest", max_gap: int | None = None,
-              detector: str = "dlib", quiet: bool = False) -> tuple[Path, "Alignment"]:
+              detector: str = "dlib", align: str = "fast", quiet: bool = False) -> tuple[Path, "Alignment"]:
     """Detect and track the face once and save every detector answer plus the quads (`fvedit align`)."""
     from fvedit.face.align import OFFICIAL_SIGMAS, align_video
-    from fvedit.face.detect import make_detector
+    from fvedit.face.detect import detector_name, detector_settings, make_detector
     from fvedit.face.faces_file import FacesOutput, RecordingDetector, TrackSettings, format_selection, save_faces
     from fvedit.face.track import DEFAULT_MAX_GAP
     from fvedit.pipeline import alignment_notes
@@ -153,7 +153,8 @@ def run_align(video: Path, output: Path | None, *, face: "Selection" = "largest"
     if info.frame_count == 0:
         raise InputError(f"{video} has no video frames")
     with FacesOutput(target, inputs=(video,)) as out:
-        recorder = RecordingDetector(make_detector(detector))
+        detector_name(detector, align)  # refuses a mode this detector has not
+        recorder = RecordingDetector(make_detector(detector, **detector_settings(align)))
         with progress_bar("align", info.frame_count, quiet=quiet, unit="frame") as adv:
             def frames():
                 for frame in iter_frames(video):

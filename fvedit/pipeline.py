@@ -34,6 +34,7 @@ from fvedit.encode_cache import (
 )
 from fvedit.errors import InputError
 from fvedit.face.align import OFFICIAL_SIGMAS, align_video, crop_homography
+from fvedit.face.detect import detector_name
 from fvedit.face.faces_file import FacesFile, ReplayDetector, load_faces_for
 from fvedit.face.track import DEFAULT_MAX_GAP, nearest_known, present_runs
 from fvedit.paste import face_masks_in_crops, feather, paste_back
@@ -56,6 +57,7 @@ class PipelineOptions:
     face: str | int | tuple[float, float] = "largest"
     sigmas: tuple[float, float] = OFFICIAL_SIGMAS
     detector: str = "dlib"
+    align: str = "fast"  # "official": full-resolution detection on every frame (fvedit.face.detect.detector_settings)
     max_gap: int = DEFAULT_MAX_GAP  # longest detection gap that may be bridged (after a re-check)
     faces: Path | None = None  # a faces file from `fvedit align`: replay its detections (no detector needed)
     cache_dir: Path | None = None
@@ -162,7 +164,7 @@ def _encoding_settings(video_sha: str, weights: LoadedWeights, eps_model: EpsMod
         "size": weights.config.image_size,
         "face": str(opts.face),
         "sigmas": list(opts.sigmas),
-        "detector": detector or opts.detector,
+        "detector": detector or detector_name(opts.detector, opts.align),
         "max_gap": opts.max_gap,
         "backend": f"{getattr(eps_model, 'name', 'custom')}-{dtype}",
         "temporal_window": opts.temporal_window,
@@ -188,9 +190,9 @@ def _detector(opts: PipelineOptions, faces: FacesFile | None):
     """The detector the align stage asks: the replayed faces file (no dlib import), else a real one."""
     if faces is not None:
         return ReplayDetector(faces)
-    from fvedit.face.detect import make_detector
+    from fvedit.face.detect import detector_settings, make_detector
 
-    return make_detector(opts.detector)
+    return make_detector(opts.detector, **detector_settings(opts.align))
 
 
 def encode_video(
@@ -207,6 +209,9 @@ def encode_video(
         if info.frame_count == 0:
             raise InputError(f"{video} has no video frames")
         faces = load_faces_for(opts.faces, video, info) if opts.faces is not None else None
+        if faces is not None and opts.align == "official" and faces.detector != detector_name(opts.detector, "official"):
+            raise InputError(f"--align official was asked for, but {opts.faces} holds {faces.detector!r} detections; "
+                             f"make it with `fvedit align {video} --align official`")
     with times.stage("hash video"):
         video_sha = file_sha256(video)
         if faces is not None:
