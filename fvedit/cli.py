@@ -173,6 +173,11 @@ def _options(**kw):
     from fvedit.face.detect import detector_settings
 
     detector_settings(kw.get("align", "fast"))  # an unknown --align fails before any work
+    if "x264_preset" in kw:
+        from fvedit.video.writer import X264_PRESETS
+
+        if kw["x264_preset"] not in X264_PRESETS:
+            raise InputError(f"unknown --x264-preset {kw['x264_preset']!r}: use one of {', '.join(X264_PRESETS)}")
     threads = set_threads(kw.pop("threads", None))
     return PipelineOptions(sampler=SamplerSpec(sampler, steps), face=face, threads=threads, **kw)
 
@@ -210,6 +215,11 @@ def edit(
     feather: float = typer.Option(8.0, "--feather", min=0.0, help="Width in pixels (of a 256 px crop) of the soft edge of the paste-back mask; 0 = hard official mask."),
     mask: str = typer.Option("auto", "--mask", help="Paste-back mask: 'parser' (face parser, as official), 'hull' (landmark hull) or 'auto' (parser with real weights, hull with demo weights)."),
     crf: int = typer.Option(18, "--crf", min=0, max=51, help="H.264 quality (lower is better, 18 is visually lossless)."),
+    x264_preset: str = typer.Option(
+        "faster", "--x264-preset",
+        help="x264 speed/size trade-off: ultrafast ... veryslow. 'faster' (default) writes 1080p 1.7-1.8x faster "
+        "than 'medium' with PSNR within 0.2 dB and size within about 10 % at the same --crf (bench/x264_presets.py).",
+    ),
     cache_dir: Optional[Path] = CacheDirOpt,
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute the inversion even if a cached encoding exists (it is then refreshed)."),
     from_cache: bool = typer.Option(False, "--from-cache", help="Require a cached encoding (from `fvedit encode` or an earlier edit); fail instead of inverting."),
@@ -233,7 +243,7 @@ def edit(
     _logging(verbose)
     out = output or video.with_name(f"{video.stem}.edited.mp4")
     opts = _options(sampler=sampler, steps=steps, face=face, batch_size=batch_size, cache_dir=cache_dir,
-                    use_cache=not no_cache, feather_px=feather, mask=mask, crf=crf, side_by_side=side_by_side,
+                    use_cache=not no_cache, feather_px=feather, mask=mask, crf=crf, x264_preset=x264_preset, side_by_side=side_by_side,
                     quiet=quiet, max_gap=max_gap, threads=threads, faces=faces, align=align)
     if mask not in ("auto", "parser", "hull"):
         raise InputError(f"unknown --mask {mask!r}: use auto, parser or hull")

@@ -66,6 +66,7 @@ class PipelineOptions:
     feather_px: float = 8.0  # at 256 px crops; scaled with the model resolution
     mask: str = "auto"  # "parser", "hull" or "auto" (parser for real weights, hull for demo weights)
     crf: int = 18
+    x264_preset: str = "faster"  # measured against medium in bench/x264_presets.py (README "What comes back")
     side_by_side: bool = False
     precision: str = "fp16"  # for the torch/onnx/tensorrt backends on a GPU
     temporal_window: int = 1  # sliding-window cross-frame attention (1 = official per-frame attention)
@@ -375,8 +376,8 @@ def decode_and_paste(
     for batch in plan_batches(enc.present, opts.batch_size, opts.temporal_window):
         by_chunk.setdefault(int(batch.frames[0]) // opts.batch_size, []).append(batch)
     z_id = z_id[None].to(opts.device)
-    writer = VideoWriter(output, like=info, width=width, height=info.height, crf=opts.crf, audio_from=video,
-                         **(writer_options or {}))
+    writer = VideoWriter(output, like=info, width=width, height=info.height, crf=opts.crf, preset=opts.x264_preset,
+                         audio_from=video, **(writer_options or {}))
     with writer, progress_bar("decode + paste", n, quiet=opts.quiet, unit="frame") as adv, torch.no_grad():
         for chunk in iter_frames(video, chunk=opts.batch_size):
             start = chunk[0].index

@@ -76,6 +76,8 @@ _MP4_TAGS = frozenset(
 )
 _MOV_TAGS = frozenset({"title", "comment", "album", "date", "genre", "copyright"})
 _KEPT_TAGS: dict[str, frozenset[str]] = {".mp4": _MP4_TAGS, ".m4v": _MP4_TAGS, ".mov": _MOV_TAGS}
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
 # x264 preset -> libvpx cpu-used (0 slowest/best .. 5 fastest in "good" mode)
 _VP9_SPEED = {"ultrafast": 5, "superfast": 5, "veryfast": 5, "faster": 5, "fast": 4, "medium": 4, "slow": 3}
 
@@ -295,6 +297,8 @@ class VideoWriter:
         metadata: Mapping[str, str] | None = None,
         threads: int | None = None,
     ):
+        if preset not in X264_PRESETS:
+            raise InputError(f"unknown x264 preset {preset!r}: use one of {', '.join(X264_PRESETS)}")
         self.path = Path(path)
         self.threads = threads
         fps = fps if fps is not None else (like.fps if like is not None else None)
