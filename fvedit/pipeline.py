@@ -40,12 +40,14 @@ from fvedit.face.track import DEFAULT_MAX_GAP, nearest_known, present_runs
 from fvedit.paste import face_masks_in_crops, feather, paste_back
 from fvedit.progress import StageTimes, progress_bar
 from fvedit.sampling import SamplerSpec
+from fvedit.streaming import Prefetch, Worker
 from fvedit.video import VideoInfo, VideoWriter, iter_frames, probe
 from fvedit.weights.store import LoadedWeights
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Echo = Callable[[str], None]
 
+STREAM_DEPTH = 1  # chunks queued between decode -> device -> paste + write (each chunk is batch_size frames)
 FADE_FRAMES = 4  # present frames over which the edit fades in/out next to frames without the face
 
 
@@ -66,6 +68,7 @@ class PipelineOptions:
     feather_px: float = 8.0  # at 256 px crops; scaled with the model resolution
     mask: str = "auto"  # "parser", "hull" or "auto" (parser for real weights, hull for demo weights)
     crf: int = 18
+    stream: bool = True  # decode pass: frames decoded ahead and pasted + written behind the device (fvedit.streaming)
     x264_preset: str = "faster"  # measured against medium in bench/x264_presets.py (README "What comes back")
     side_by_side: bool = False
     precision: str = "fp16"  # for the torch/onnx/tensorrt backends on a GPU
@@ -376,32 +379,64 @@ def decode_and_paste(
     for batch in plan_batches(enc.present, opts.batch_size, opts.temporal_window):
         by_chunk.setdefault(int(batch.frames[0]) // opts.batch_size, []).append(batch)
     z_id = z_id[None].to(opts.device)
+    use_parser = opts.mask == "parser" or (opts.mask == "auto" and not weights.is_demo)
+
+    def on_device(chunk: list) -> list[tuple[FrameBatch, np.ndarray, np.ndarray | None]]:
+        """The device's share of a chunk: each batch's edited crops (and the parser's masks)."""
+        results = []
+        for batch in by_chunk.get(chunk[0].index // opts.batch_size, []):
+            with times.stage("decode"):
+                x0 = crops_to_tensor(enc.crops.take(batch.frames), opts.device)
+                z_face = model.encoder.fuse(z_id, torch.from_numpy(enc.z_lnd[batch.run]).to(opts.device))
+                x_T = torch.from_numpy(enc.x_T.take(batch.run)).to(opts.device)
+                decoded = opts.sampler.decode(lambda x, t: eps_model(x, t, z_face), x_T)
+                edited = tensor_to_crops(decoded[torch.from_numpy(batch.keep)])
+                alpha = _alpha_masks(weights, enc, batch.frames, x0, opts, fade) if use_parser else None
+            results.append((batch, edited, alpha))
+        return results
+
+    def paste_and_write(item: tuple[list, list]) -> None:
+        """The host's share: masks (landmark hull), paste-back and the video encoder, in frame order."""
+        chunk, results = item
+        start = chunk[0].index
+        out = [f.rgb for f in chunk]  # frames without the face stay exactly as decoded
+        for batch, edited, alpha in results:
+            with times.stage("paste"):
+                if alpha is None:
+                    alpha = _alpha_masks(weights, enc, batch.frames, None, opts, fade)
+                frames = np.stack([out[i - start] for i in batch.frames])
+                for i, pasted in zip(batch.frames, paste_back(frames, edited, alpha, hom[batch.frames])):
+                    out[i - start] = pasted
+        with times.stage("write"):
+            for f, rgb in zip(chunk, out):
+                if opts.side_by_side:
+                    rgb = np.concatenate([f.rgb, rgb], axis=1)
+                writer.write(replace(f, rgb=np.ascontiguousarray(rgb)))
+        adv(len(chunk))
+
+    def checked(chunks):
+        for chunk in chunks:
+            if chunk[-1].index >= n:
+                raise InputError(f"{video}: decoded more frames than the {n} that were encoded; the file may be damaged")
+            yield chunk
+
     writer = VideoWriter(output, like=info, width=width, height=info.height, crf=opts.crf, preset=opts.x264_preset,
                          audio_from=video, **(writer_options or {}))
     with writer, progress_bar("decode + paste", n, quiet=opts.quiet, unit="frame") as adv, torch.no_grad():
-        for chunk in iter_frames(video, chunk=opts.batch_size):
-            start = chunk[0].index
-            if chunk[-1].index >= n:
-                raise InputError(f"{video}: decoded more frames than the {n} that were encoded; the file may be damaged")
-            out = [f.rgb for f in chunk]  # frames without the face stay exactly as decoded
-            for batch in by_chunk.get(start // opts.batch_size, []):
-                with times.stage("decode"):
-                    x0 = crops_to_tensor(enc.crops.take(batch.frames), opts.device)
-                    z_face = model.encoder.fuse(z_id, torch.from_numpy(enc.z_lnd[batch.run]).to(opts.device))
-                    x_T = torch.from_numpy(enc.x_T.take(batch.run)).to(opts.device)
-                    decoded = opts.sampler.decode(lambda x, t: eps_model(x, t, z_face), x_T)
-                    edited = tensor_to_crops(decoded[torch.from_numpy(batch.keep)])
-                with times.stage("paste"):
-                    alpha = _alpha_masks(weights, enc, batch.frames, x0, opts, fade)
-                    frames = np.stack([out[i - start] for i in batch.frames])
-                    for i, pasted in zip(batch.frames, paste_back(frames, edited, alpha, hom[batch.frames])):
-                        out[i - start] = pasted
-            with times.stage("write"):
-                for f, rgb in zip(chunk, out):
-                    if opts.side_by_side:
-                        rgb = np.concatenate([f.rgb, rgb], axis=1)
-                    writer.write(replace(f, rgb=np.ascontiguousarray(rgb)))
-            adv(len(chunk))
+        chunks = checked(iter_frames(video, chunk=opts.batch_size))
+        if not opts.stream:
+            for chunk in chunks:
+                paste_and_write((chunk, on_device(chunk)))
+        else:  # video decoding ahead and paste + write behind, while the device samples
+            reader = Prefetch(chunks, depth=STREAM_DEPTH, name="fvedit decode frames")
+            sink = Worker(paste_and_write, depth=STREAM_DEPTH, name="fvedit paste + write")
+            try:
+                for chunk in reader:
+                    sink.put((chunk, on_device(chunk)))
+                sink.finish()
+            finally:
+                sink.close()
+                reader.close()
         if writer.frames_written != n:
             raise InputError(f"{video}: read {writer.frames_written} frames on the last pass but {n} were encoded")
     return output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -12,31 +13,46 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # logs keep one line per message
-_running: list[str] = []  # names of the stages running now, outermost first (for interrupt messages)
+_local = threading.local()  # per thread: names of the stages running now, outermost first
+
+
+def _running() -> list[str]:
+    if not hasattr(_local, "stack"):
+        _local.stack = []
+    return _local.stack
 
 
 def current_stage() -> str | None:
-    """The innermost stage running now, or None (what an interrupt message names)."""
-    return _running[-1] if _running else None
+    """The innermost stage running now in this thread, or None (what an interrupt message names:
+    signal handlers run in the main thread, so it names the main thread's stage)."""
+    stack = _running()
+    return stack[-1] if stack else None
 
 
 @dataclass
 class StageTimes:
-    """Wall time per named stage, in the order stages ran (a stage may run several times)."""
+    """Wall time per named stage, in the order stages ran (a stage may run several times).
+
+    Stages may run in several threads at once (the streamed edit): each adds its own time, so
+    the stages' sum can exceed the wall time when they overlap.
+    """
 
     seconds: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, name: str, dt: float) -> None:
-        self.seconds[name] = self.seconds.get(name, 0.0) + dt
+        with self._lock:
+            self.seconds[name] = self.seconds.get(name, 0.0) + dt
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
-        _running.append(name)
+        stack = _running()
+        stack.append(name)
         try:
             yield
         finally:
-            _running.pop()
+            stack.pop()
             self.add(name, time.perf_counter() - t0)
 
     @property
