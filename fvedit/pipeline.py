@@ -40,7 +40,7 @@ from fvedit.face.track import DEFAULT_MAX_GAP, nearest_known, present_runs
 from fvedit.paste import face_masks_in_crops, feather, paste_back
 from fvedit.progress import StageTimes, progress_bar
 from fvedit.sampling import SamplerSpec
-from fvedit.streaming import Prefetch, Worker
+from fvedit.streaming import Prefetch, Worker, prefetched
 from fvedit.video import VideoInfo, VideoWriter, iter_frames, probe
 from fvedit.weights.store import LoadedWeights
 
@@ -68,7 +68,7 @@ class PipelineOptions:
     feather_px: float = 8.0  # at 256 px crops; scaled with the model resolution
     mask: str = "auto"  # "parser", "hull" or "auto" (parser for real weights, hull for demo weights)
     crf: int = 18
-    stream: bool = True  # decode pass: frames decoded ahead and pasted + written behind the device (fvedit.streaming)
+    stream: bool = True  # video decoded ahead in a thread on every pass; pasted + written behind the device (fvedit.streaming)
     x264_preset: str = "faster"  # measured against medium in bench/x264_presets.py (README "What comes back")
     side_by_side: bool = False
     precision: str = "fp16"  # for the torch/onnx/tensorrt backends on a GPU
@@ -236,9 +236,10 @@ def encode_video(
         )
 
     model, size, n = weights.model, weights.config.image_size, info.frame_count
-    with times.stage("track + align"), progress_bar("align", n, quiet=opts.quiet, unit="frame") as adv:
-        def frames_for_detection():
-            for frame in iter_frames(video):
+    with times.stage("track + align"), progress_bar("align", n, quiet=opts.quiet, unit="frame") as adv, \
+            prefetched(iter_frames(video), opts.stream, depth=4, name="fvedit decode frames") as decoded:
+        def frames_for_detection():  # decoded in a thread while the detector works
+            for frame in decoded:
                 adv(1)
                 yield frame.rgb
 
@@ -276,9 +277,11 @@ def encode_video(
         arr["present"][:] = present
         arr["detected"][:] = alignment.detected
         factor = supersample_factor(alignment.quads[present], size)
-        with times.stage("crop + encoders"), progress_bar("crop", n, quiet=opts.quiet, unit="frame") as adv, torch.no_grad():
+        with times.stage("crop + encoders"), progress_bar("crop", n, quiet=opts.quiet, unit="frame") as adv, \
+                torch.no_grad(), prefetched(iter_frames(video, chunk=opts.batch_size), opts.stream, depth=STREAM_DEPTH,
+                                            name="fvedit decode frames") as chunks:  # fmt: skip
             seen = 0
-            for chunk in iter_frames(video, chunk=opts.batch_size):
+            for chunk in chunks:
                 start = chunk[0].index
                 seen = chunk[-1].index + 1
                 if seen > n:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from contextlib import contextmanager
 from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -123,3 +124,16 @@ class Worker(Generic[T]):
         if self._error is not None:
             err, self._error = self._error, None
             raise err
+
+
+@contextmanager
+def prefetched(items: Iterable[T], enabled: bool = True, depth: int = 2, name: str = "prefetch") -> Iterator[Iterator[T]]:
+    """`items`, read ahead in a thread when enabled (and stopped on leaving the block), else as is."""
+    if not enabled:
+        yield iter(items)
+        return
+    reader = Prefetch(items, depth=depth, name=name)
+    try:
+        yield iter(reader)
+    finally:
+        reader.close()

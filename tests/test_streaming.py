@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from fvedit.encode_cache import load_encoding
 from fvedit.jobs import EditRequest, run_edit
 from fvedit.pipeline import PipelineOptions
 from fvedit.sampling import SamplerSpec
@@ -106,16 +107,21 @@ def clip(tmp_path_factory):
 @pytest.mark.parametrize("side_by_side", [False, True])
 def test_streamed_edit_writes_exactly_the_serial_frames(clip, tmp_path, recorded, monkeypatch, side_by_side):
     monkeypatch.setenv("FVEDIT_WEIGHTS_DIR", str(tmp_path / "no-weights"))
-    frames = {}
-    for stream in (False, True):
+    frames, encodings = {}, {}
+    for stream in (False, True):  # each with its own cache: both encode (align, crop passes) and decode
         recorded.clear()
-        opts = PipelineOptions(sampler=SamplerSpec("dpm", 2), batch_size=4, cache_dir=tmp_path / "cache", quiet=True,
-                               stream=stream, side_by_side=side_by_side)  # fmt: skip
+        opts = PipelineOptions(sampler=SamplerSpec("dpm", 2), batch_size=4, cache_dir=tmp_path / f"cache-{stream}",
+                               quiet=True, stream=stream, side_by_side=side_by_side)  # fmt: skip
         summary = run_edit(clip, tmp_path / f"out-{stream}.mp4", EditRequest(["young"]), opts=opts, preset="tiny",
                            weights_dir=None, device="cpu", backend="reference")  # fmt: skip
         frames[stream] = np.stack(recorded)
-        assert summary.frames == 14 and summary.passed_through == 3
+        encodings[stream] = load_encoding(opts.cache_dir, summary.cache_folder.name)
+        assert summary.frames == 14 and summary.passed_through == 3 and not summary.cache_hit
     assert frames[True].shape == frames[False].shape and np.array_equal(frames[True], frames[False])
+    a, b = encodings[True], encodings[False]
+    every = np.arange(14)
+    assert np.array_equal(a.quads, b.quads) and np.array_equal(a.z_id, b.z_id)
+    assert np.array_equal(a.crops.take(every), b.crops.take(every)) and np.array_equal(a.x_T.take(every), b.x_T.take(every))
     assert not np.array_equal(frames[True][0], frames[True][6])  # edited and untouched frames both present
 
 
