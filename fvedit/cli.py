@@ -65,7 +65,8 @@ WeightsDirOpt = typer.Option(
 DeviceOpt = typer.Option("auto", "--device", help="Where to run: 'auto' (CUDA if present), 'cpu', 'cuda' or 'cuda:N'.")
 ThreadsOpt = typer.Option(
     None, "--threads", min=1, show_default=False,
-    help="CPU threads for torch, onnxruntime and the x264 encoder. Default: every core this process may use.",
+    help="CPU threads for torch, onnxruntime, the x264 encoder and face detection (results do not depend on it). "
+    "Default: every core this process may use.",
 )
 
 
@@ -300,6 +301,11 @@ def align(
     face: str = FaceOpt,
     max_gap: int = MaxGapOpt,
     align: str = AlignOpt,
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, show_default=False,
+        help="Threads that detect faces ahead of the tracker (results are the same for any number). "
+        "Default: every core this process may use.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the path written."),
 ) -> None:
     """Detect and track the face once and save the results, so `edit`, `encode` and `bench` can run without
@@ -325,7 +331,7 @@ def align(
     from fvedit.face.track import parse_selection
     from fvedit.jobs import run_align
 
-    run_align(video, output, face=parse_selection(face), max_gap=max_gap, align=align, quiet=quiet)
+    run_align(video, output, face=parse_selection(face), max_gap=max_gap, align=align, threads=threads, quiet=quiet)
 
 
 @app.command()

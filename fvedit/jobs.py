@@ -135,10 +135,13 @@ def check_faces_for(video: Path, opts: PipelineOptions) -> None:
 
 
 def run_align(video: Path, output: Path | None, *, face: "Selection" = "largest", max_gap: int | None = None,
-              detector: str = "dlib", align: str = "fast", quiet: bool = False) -> tuple[Path, "Alignment"]:
+              detector: str = "dlib", align: str = "fast", threads: int | None = None,
+              quiet: bool = False) -> tuple[Path, "Alignment"]:
     """Detect and track the face once and save every detector answer plus the quads (`fvedit align`)."""
     from fvedit.face.align import OFFICIAL_SIGMAS, align_video
-    from fvedit.face.detect import detector_name, detector_settings, make_detector
+    from fvedit.face.detect import detector_name
+    from fvedit.pipeline import face_detectors
+    from fvedit.streaming import prefetched
     from fvedit.face.faces_file import FacesOutput, RecordingDetector, TrackSettings, format_selection, save_faces
     from fvedit.face.track import DEFAULT_MAX_GAP
     from fvedit.pipeline import alignment_notes
@@ -154,14 +157,18 @@ def run_align(video: Path, output: Path | None, *, face: "Selection" = "largest"
         raise InputError(f"{video} has no video frames")
     with FacesOutput(target, inputs=(video,)) as out:
         detector_name(detector, align)  # refuses a mode this detector has not
-        recorder = RecordingDetector(make_detector(detector, **detector_settings(align)))
-        with progress_bar("align", info.frame_count, quiet=quiet, unit="frame") as adv:
+        opts = PipelineOptions(detector=detector, align=align, face=face, max_gap=max_gap, threads=threads)
+        with progress_bar("align", info.frame_count, quiet=quiet, unit="frame") as adv, \
+                prefetched(iter_frames(video), depth=4, name="fvedit decode frames") as decoded, \
+                face_detectors(opts, None) as (pooled, ahead):
+            recorder = RecordingDetector(pooled)  # records in frame order, in this thread
+
             def frames():
-                for frame in iter_frames(video):
+                for frame in decoded:
                     adv(1)
                     yield frame.rgb
 
-            alignment = align_video(frames(), recorder, select=face, max_gap=max_gap, source=str(video))
+            alignment = align_video(ahead(frames()), recorder, select=face, max_gap=max_gap, source=str(video))
         if alignment.num_frames != info.frame_count:
             raise InputError(f"{video}: decoded {alignment.num_frames} frames but probed {info.frame_count}; the file may be damaged")
         settings = TrackSettings(format_selection(face), int(max_gap), OFFICIAL_SIGMAS)

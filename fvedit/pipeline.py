@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -190,13 +191,41 @@ def _writable_cache_dir(preferred: Path, echo: Echo) -> Path:
     return fallback
 
 
-def _detector(opts: PipelineOptions, faces: FacesFile | None):
-    """The detector the align stage asks: the replayed faces file (no dlib import), else a real one."""
+def detection_workers(opts: PipelineOptions) -> int:
+    """Threads that detect faces ahead of the tracker: --threads, else every core this process may use."""
+    if opts.threads:
+        return int(opts.threads)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def face_detectors(opts: PipelineOptions, faces: FacesFile | None):
+    """(detector, ahead) for the align pass: the replayed faces file (no dlib import), or a real
+    detector, pooled over `detection_workers` threads when that is more than one (`ahead` wraps the
+    frame stream so each frame's detection starts early; identity without a pool)."""
     if faces is not None:
-        return ReplayDetector(faces)
+        yield ReplayDetector(faces), iter
+        return
     from fvedit.face.detect import detector_settings, make_detector
 
-    return make_detector(opts.detector, **detector_settings(opts.align))
+    def factory(private: bool = False):
+        extra = {"private_hog": True} if private and opts.detector == "dlib" else {}
+        return make_detector(opts.detector, **detector_settings(opts.align), **extra)
+
+    workers = detection_workers(opts) if opts.stream and opts.detector == "dlib" else 1
+    if workers <= 1:
+        yield factory(), iter
+        return
+    from fvedit.face.pool import PooledDetector
+
+    pool = PooledDetector(factory, workers)
+    try:
+        yield pool, pool.frames
+    finally:
+        pool.close()
 
 
 def encode_video(
@@ -237,14 +266,15 @@ def encode_video(
 
     model, size, n = weights.model, weights.config.image_size, info.frame_count
     with times.stage("track + align"), progress_bar("align", n, quiet=opts.quiet, unit="frame") as adv, \
-            prefetched(iter_frames(video), opts.stream, depth=4, name="fvedit decode frames") as decoded:
-        def frames_for_detection():  # decoded in a thread while the detector works
+            prefetched(iter_frames(video), opts.stream, depth=4, name="fvedit decode frames") as decoded, \
+            face_detectors(opts, faces) as (detector, ahead):
+        def frames_for_detection():  # decoded in a thread, detected ahead in a pool, tracked here
             for frame in decoded:
                 adv(1)
                 yield frame.rgb
 
         alignment = align_video(
-            frames_for_detection(), _detector(opts, faces), size=size, select=opts.face,
+            ahead(frames_for_detection()), detector, size=size, select=opts.face,
             sigmas=opts.sigmas, max_gap=opts.max_gap, source=str(video),
         )
     if alignment.num_frames != n:
