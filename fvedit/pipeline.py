@@ -99,9 +99,12 @@ class EditSummary:
     passed_through: int = 0  # frames without the face, written unchanged
     bridged: int = 0  # detection misses confirmed by the re-check and edited
 
+    wall_s: float | None = None  # the whole run; stages overlap when streamed, so their sum can exceed it
+
     @property
     def per_frame_ms(self) -> float:
-        return 1000 * self.times.total / max(self.frames, 1)
+        seconds = self.wall_s if self.wall_s is not None else self.times.total
+        return 1000 * seconds / max(self.frames, 1)
 
 
 @dataclass(frozen=True)
