@@ -8,6 +8,11 @@ fresh process). The JSON is rewritten (atomically) after each part, and a part t
 recorded in `errors` while the next one runs, so a failing edit keeps every UNet and sampler
 number; the command then exits 1 naming the failed parts. Rows carry wall-clock figures and, on
 CUDA, CUDA-event ones (`*_event_ms`); `settings.timer` says which.
+
+`--pipeline VIDEO --simulate-device-ms MS` runs instead only the pipeline measurement: the edit's
+own code (`encode_video` + `decode_and_paste`) against a simulated device that sleeps MS per frame
+per UNet call (`fvedit.runtime.simulated`), in a fresh process, timed by phase (analyse, edit) with
+the device's busy fraction (`fvedit.benchmark.pipeline_child`).
 """
 
 from __future__ import annotations
@@ -148,7 +153,7 @@ def _check_bench_inputs(precision: str, video: Path | None, faces: Path | None) 
     if precision not in BENCH_PRECISIONS:
         raise InputError(f"--precision {precision!r}: use {' or '.join(BENCH_PRECISIONS)}")
     if faces is not None and video is None:
-        raise InputError("--faces needs --video: a faces file is made by `fvedit align` for one clip")
+        raise InputError("--faces needs --video or --pipeline: a faces file is made by `fvedit align` for one clip")
     for flag, path in (("--video", video), ("--faces", faces)):
         if path is not None and not Path(path).is_file():
             raise InputError(f"{flag} {path}: no such file")
@@ -338,6 +343,88 @@ def _whole_edit(bm, plan: _EditPlan, echo: Echo) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------
+# --pipeline: the edit's own code against a simulated device
+
+
+def check_pipeline_inputs(pipeline: Path | None, simulate_ms: float | None, video: Path | None,
+                          batch_sizes: list[int] | None, from_cache: bool = False) -> None:
+    """The --pipeline options' one-line errors, before anything runs."""
+    if pipeline is None:
+        if simulate_ms is not None:
+            raise InputError("--simulate-device-ms needs --pipeline VIDEO: only the pipeline measurement simulates the device")
+        if from_cache:
+            raise InputError("--frames-from-cache needs --pipeline VIDEO (the whole-edit part always times a re-edit too)")
+        return
+    if simulate_ms is None:
+        raise InputError("--pipeline needs --simulate-device-ms MS: the simulated device's time per frame per UNet call "
+                         "(e.g. 2.3)")
+    if not simulate_ms >= 0 or simulate_ms == float("inf"):
+        raise InputError(f"--simulate-device-ms must be a finite number >= 0, got {simulate_ms}")
+    if video is not None:
+        raise InputError("--pipeline and --video are two measurements: give one of them")
+    if batch_sizes and len(batch_sizes) > 1:
+        raise InputError(f"--pipeline runs one batch size, got -b {' -b '.join(map(str, batch_sizes))}")
+    if not Path(pipeline).is_file():
+        raise InputError(f"--pipeline {pipeline}: no such file")
+
+
+def run_pipeline_bench(
+    *,
+    video: Path,
+    simulate_ms: float,
+    threads: int | None,
+    from_cache: bool,
+    faces: Path | None,
+    batch: int,
+    steps: int,
+    preset: str,
+    json_out: Path | None,
+    echo: Echo = lambda m: None,
+) -> dict[str, Any]:
+    """The --pipeline document: machine, settings and `pipeline` (bench_pipeline's result), written
+    to json_out when given."""
+    from fvedit import benchmark as bm
+
+    if faces is not None and not Path(faces).is_file():
+        raise InputError(f"--faces {faces}: no such file")
+    what = "re-edit from the encode cache" if from_cache else "first edit"
+    echo(f"pipeline: {what} of {video} in a fresh process, simulated device {simulate_ms:g} ms/frame/call, "
+         f"batch {batch}, dpm{steps}, threads {threads or 'default'}")  # fmt: skip
+    result = bm.bench_pipeline(video, ms=simulate_ms, threads=threads, from_cache=from_cache, batch=batch,
+                               steps=steps, faces=faces, preset=preset)  # fmt: skip
+    doc = bm.result_document(
+        bm.machine_info("cpu"),
+        settings={"pipeline": str(video), "simulate_device_ms": simulate_ms, "threads": threads,
+                  "frames_from_cache": from_cache, "faces": str(faces) if faces else None, "batch": batch,
+                  "steps": steps, "preset": preset},
+        pipeline=result,
+    )  # fmt: skip
+    if json_out is not None:
+        bm.write_json(json_out, doc)
+    return doc
+
+
+def _print_pipeline(doc: dict[str, Any], say) -> None:
+    from rich.table import Table
+
+    p = doc["pipeline"]
+    run = "re-edit from the encode cache" if p["from_cache"] else "first edit"
+    say(f"pipeline, {run}: {p['frames']} frames {p['size']}, simulated device {p['ms']:g} ms/frame/call "
+        f"({p['calls_per_frame']} calls/frame), batch {p['batch']}, threads {p['threads'] or 'default'}, "
+        f"cache {'hit' if p['cache_hit'] else 'miss'}")
+    t = Table()
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    for label, key, spec in (("wall ms/frame", "wall_ms_per_frame", ".1f"), ("device ms/frame", "device_ms_per_frame", ".1f"),
+                             ("analyse ms/frame", "analyse_ms_per_frame", ".1f"), ("edit ms/frame", "edit_ms_per_frame", ".1f"),
+                             ("device busy in edit", "device_busy_edit", ".3f")):  # fmt: skip
+        t.add_row(label, _fmt(p[key], spec))
+    for name, ms in p["stages_ms_per_frame"].items():
+        t.add_row(f"  stage {name} (own time)", _fmt(ms))
+    say(t)
+
+
+# ------------------------------------------------------------------------------------------------
 # the command
 
 
@@ -397,6 +484,22 @@ def bench_command(
         None, "--threads", min=1, help="CPU threads for torch and onnxruntime (default: torch's default). On a busy "
         "machine 1 gives far steadier CPU numbers.",
     ),
+    pipeline: Optional[Path] = typer.Option(
+        None, "--pipeline", show_default=False, help="Run only the pipeline measurement on this clip (no UNet, sampler, "
+        "pixel or whole-edit parts): the edit's own code against a simulated device (needs --simulate-device-ms), in a "
+        "fresh process; reports wall, device, analyse and edit ms/frame, the device's busy fraction in the edit phase "
+        "and each stage's own time. Uses -b (one value, default 16), --steps, --threads, --faces, --preset (default "
+        "dva256: 256 px crops) and --frames-from-cache.",
+    ),
+    simulate_device_ms: Optional[float] = typer.Option(
+        None, "--simulate-device-ms", show_default=False, help="With --pipeline: the simulated device's milliseconds "
+        "per frame per UNet call (the encoders cost the same per frame); it sleeps instead of computing, so host stages "
+        "can overlap it.",
+    ),
+    frames_from_cache: bool = typer.Option(
+        False, "--frames-from-cache", help="With --pipeline: time the re-edit, the encoding taken from the encode cache "
+        "(filled first, untimed), so only decode, paste and write run.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the path of the JSON file."),
 ) -> None:
     """Time the UNet backends (as ratios to the fp32 reference), the samplers, the pixel kernels and a whole edit.
@@ -404,13 +507,25 @@ def bench_command(
     Times are wall clock with the device synchronised; on a GPU each row also has CUDA-event times
     (*_event_ms). A part that fails is recorded in the JSON and the others still run; the command
     then exits 1 naming the failed parts.
+
+    With --pipeline VIDEO --simulate-device-ms MS only the edit pipeline is timed, against a
+    simulated device, and written to the JSON under 'pipeline'.
     """
     from rich.console import Console
 
+    check_pipeline_inputs(pipeline, simulate_device_ms, video, batch_size, frames_from_cache)
     out, err = Console(highlight=False), Console(stderr=True, highlight=False)
     if not out.is_terminal:  # files and pipes: wide enough that no column is cut
         out = Console(highlight=False, width=160)
     echo = (lambda m: None) if quiet else (lambda m: err.print(m, style="dim"))
+    if pipeline is not None:
+        doc = run_pipeline_bench(video=pipeline, simulate_ms=simulate_device_ms, threads=threads,
+                                 from_cache=frames_from_cache, faces=faces, batch=batch_size[0] if batch_size else 16,
+                                 steps=steps, preset=preset or "dva256", json_out=json_out, echo=echo)  # fmt: skip
+        if not quiet:
+            _print_pipeline(doc, out.print)
+        typer.echo(str(json_out))
+        return
     doc = run_bench(
         preset=preset, backends=backend, batch_sizes=batch_size, steps=steps, device=device, frames=frames,
         weights_dir=weights_dir, repeats=repeats, warmup=warmup, threads=threads, precision=precision.strip().lower(),
