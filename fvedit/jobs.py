@@ -164,7 +164,7 @@ def run_align(video: Path, output: Path | None, *, face: "Selection" = "largest"
         opts = PipelineOptions(detector=detector, align=align, face=face, max_gap=max_gap, threads=threads)
         with progress_bar("align", info.frame_count, quiet=quiet, unit="frame") as adv, \
                 prefetched(iter_frames(video), depth=4, name="fvedit decode frames") as decoded, \
-                face_detectors(opts, None) as (pooled, ahead):
+                face_detectors(opts, None, info.frame_count) as (pooled, ahead):
             recorder = RecordingDetector(pooled)  # records in frame order, in this thread
 
             def frames():

@@ -204,11 +204,15 @@ def detection_workers(opts: PipelineOptions) -> int:
         return os.cpu_count() or 1
 
 
+POOL_MIN_FRAMES = 64  # each pool thread builds its own HOG scanner (~0.4 s): not worth it for short clips
+
+
 @contextmanager
-def face_detectors(opts: PipelineOptions, faces: FacesFile | None):
+def face_detectors(opts: PipelineOptions, faces: FacesFile | None, frames: int = POOL_MIN_FRAMES):
     """(detector, ahead) for the align pass: the replayed faces file (no dlib import), or a real
-    detector, pooled over `detection_workers` threads when that is more than one (`ahead` wraps the
-    frame stream so each frame's detection starts early; identity without a pool)."""
+    detector, pooled over `detection_workers` threads when that is more than one and the video has
+    at least POOL_MIN_FRAMES `frames` (`ahead` wraps the frame stream so each frame's detection
+    starts early; identity without a pool)."""
     if faces is not None:
         yield ReplayDetector(faces), iter
         return
@@ -218,7 +222,8 @@ def face_detectors(opts: PipelineOptions, faces: FacesFile | None):
         extra = {"private_hog": True} if private and opts.detector == "dlib" else {}
         return make_detector(opts.detector, **detector_settings(opts.align), **extra)
 
-    workers = detection_workers(opts) if opts.stream and opts.detector == "dlib" else 1
+    pooled = opts.stream and opts.detector == "dlib" and frames >= POOL_MIN_FRAMES
+    workers = detection_workers(opts) if pooled else 1
     if workers <= 1:
         yield factory(), iter
         return
@@ -270,7 +275,7 @@ def encode_video(
     model, size, n = weights.model, weights.config.image_size, info.frame_count
     with times.stage("track + align"), progress_bar("align", n, quiet=opts.quiet, unit="frame") as adv, \
             prefetched(iter_frames(video), opts.stream, depth=4, name="fvedit decode frames") as decoded, \
-            face_detectors(opts, faces) as (detector, ahead):
+            face_detectors(opts, faces, n) as (detector, ahead):
         def frames_for_detection():  # decoded in a thread, detected ahead in a pool, tracked here
             for frame in decoded:
                 adv(1)
