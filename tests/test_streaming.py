@@ -107,6 +107,19 @@ def clip(tmp_path_factory):
 @pytest.mark.parametrize("side_by_side", [False, True])
 def test_streamed_edit_writes_exactly_the_serial_frames(clip, tmp_path, recorded, monkeypatch, side_by_side):
     monkeypatch.setenv("FVEDIT_WEIGHTS_DIR", str(tmp_path / "no-weights"))
+    import fvedit.face.pool
+    import fvedit.pipeline
+
+    monkeypatch.setattr(fvedit.pipeline, "POOL_MIN_FRAMES", 1)  # the detection pool on this short clip too
+    pools = []
+    original_init = fvedit.face.pool.PooledDetector.__init__
+
+    def counting_init(self, *args, **kwargs):
+        pools.append(1)
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(fvedit.face.pool.PooledDetector, "__init__", counting_init)
+    monkeypatch.setattr(fvedit.pipeline, "detection_workers", lambda opts: 2)
     frames, encodings = {}, {}
     for stream in (False, True):  # each with its own cache: both encode (align, crop passes) and decode
         recorded.clear()
@@ -117,6 +130,7 @@ def test_streamed_edit_writes_exactly_the_serial_frames(clip, tmp_path, recorded
         frames[stream] = np.stack(recorded)
         encodings[stream] = load_encoding(opts.cache_dir, summary.cache_folder.name)
         assert summary.frames == 14 and summary.passed_through == 3 and not summary.cache_hit
+    assert pools == [1]  # the streamed run detected in the pool, the serial one did not
     assert frames[True].shape == frames[False].shape and np.array_equal(frames[True], frames[False])
     a, b = encodings[True], encodings[False]
     every = np.arange(14)
