@@ -100,25 +100,8 @@ def psnr_db(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 def timed_ms(fn: Callable[[], Any], device: torch.device, repeats: int = 5, warmup: int = 2) -> dict[str, float | None]:
     """Median wall ms (device synchronised) and, on CUDA, median CUDA-event ms of fn()."""
-    for _ in range(warmup):
-        fn()
-    bm.sync_device(device)
-    wall, events = [], []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            t0 = time.perf_counter()
-            start.record()
-            fn()
-            stop.record()
-            torch.cuda.synchronize(device)
-            wall.append(1000 * (time.perf_counter() - t0))
-            events.append(start.elapsed_time(stop))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            wall.append(1000 * (time.perf_counter() - t0))
-    return {"wall_ms": bm.percentile(wall, 50), "event_ms": bm.percentile(events, 50) if events else None}
+    wall, events = bm.measure_both(fn, warmup=warmup, repeats=repeats, sync=device)
+    return {"wall_ms": 1000 * bm.percentile(wall, 50), "event_ms": 1000 * bm.percentile(events, 50) if events else None}
 
 
 # ------------------------------------------------------------------------------------------------
