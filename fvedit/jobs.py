@@ -130,7 +130,6 @@ def check_faces_for(video: Path, opts: PipelineOptions) -> None:
     and the file's sha256), and answers every question this run's --face and --max-gap will ask of it."""
     from fvedit.face.faces_file import load_faces_for
     from fvedit.video import probe
-
     from fvedit.weights.store import sha256_file
 
     faces = load_faces_for(opts.faces, video, probe(video))
@@ -144,11 +143,10 @@ def run_align(video: Path, output: Path | None, *, face: "Selection" = "largest"
     """Detect and track the face once and save every detector answer plus the quads (`fvedit align`)."""
     from fvedit.face.align import OFFICIAL_SIGMAS, align_video
     from fvedit.face.detect import detector_name
-    from fvedit.pipeline import face_detectors
-    from fvedit.streaming import prefetched
     from fvedit.face.faces_file import FacesOutput, RecordingDetector, TrackSettings, format_selection, save_faces
     from fvedit.face.track import DEFAULT_MAX_GAP
-    from fvedit.pipeline import alignment_notes
+    from fvedit.pipeline import alignment_notes, face_detectors
+    from fvedit.streaming import prefetched
     from fvedit.video import iter_frames, probe
     from fvedit.weights.store import sha256_file
 
