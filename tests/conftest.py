@@ -21,6 +21,13 @@ SMALL = (160, 120)
 
 
 @pytest.fixture
+def isolated_dirs(tmp_path, monkeypatch):
+    """No imported weights and a per-test encode cache: runs see the demo weights and a cold cache."""
+    monkeypatch.setenv("FVEDIT_WEIGHTS_DIR", str(tmp_path / "no-weights"))
+    monkeypatch.setenv("FVEDIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
 def recorded(monkeypatch):
     """Frames handed to the video writer (exact pixels, before H.264 compression)."""
     from fvedit.video import VideoWriter

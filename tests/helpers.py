@@ -22,3 +22,16 @@ def official_keys() -> dict[str, tuple[int, ...]]:
         name, shape = line.split()
         keys[name] = tuple(int(s) for s in shape.strip("[]").split(",") if s)
     return keys
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run `fvedit ARGS` in-process: (exit code, stdout, stderr); a normal end counts as 0."""
+    import pytest
+
+    from fvedit.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    code = exc.value.code if isinstance(exc.value.code, int) else (0 if exc.value.code is None else 1)
+    return code, out, err

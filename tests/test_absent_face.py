@@ -23,10 +23,7 @@ LEAVES = range(6, 12)  # the person is out of the shot on these frames
 STARTS_WITHOUT = range(0, 5)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("FVEDIT_WEIGHTS_DIR", str(tmp_path / "no-weights"))
-    monkeypatch.setenv("FVEDIT_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_dirs")
 
 
 @pytest.fixture(scope="module")

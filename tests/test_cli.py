@@ -9,15 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fvedit.cli import main
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exc.value.code if isinstance(exc.value.code, int) else (0 if exc.value.code is None else 1)
-    return code, out, err
+from helpers import run_cli
 
 
 def test_console_script_help_lists_commands():

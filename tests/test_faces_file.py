@@ -23,6 +23,7 @@ from fvedit.pipeline import PipelineOptions
 from fvedit.sampling import SamplerSpec
 from fvedit.synth import make_face_video, make_no_face_video
 from fvedit.video import iter_frames
+from helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(preset="tiny", weights_dir=None, device="cpu", backend="reference")
@@ -30,10 +31,7 @@ FAST_CLI = ["--steps", "2", "--preset", "tiny", "--device", "cpu", "--backend", 
 LEAVES = range(6, 12)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("FVEDIT_WEIGHTS_DIR", str(tmp_path / "no-weights"))
-    monkeypatch.setenv("FVEDIT_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_dirs")
 
 
 @pytest.fixture(scope="module")
@@ -74,16 +72,6 @@ def assert_same_alignment(a, b) -> None:
     for name in ("quads", "landmarks", "present", "detected", "faces_seen"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
     assert tuple(a.reacquired) == tuple(b.reacquired)
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    from fvedit.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exc.value.code if isinstance(exc.value.code, int) else (0 if exc.value.code is None else 1)
-    return code, out, err
 
 
 def error_lines(err: str) -> list[str]:

@@ -19,10 +19,7 @@ from fvedit.video import VideoWriter, iter_frames, probe
 FAST = dict(preset="tiny", weights_dir=None, device="cpu", backend="reference")
 
 
-@pytest.fixture(autouse=True)
-def _isolated_dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("FVEDIT_WEIGHTS_DIR", str(tmp_path / "no-weights"))
-    monkeypatch.setenv("FVEDIT_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_dirs")
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from fvedit.runtime.simulated import (
     SimulatedUNet,
     simulated_weights,
 )
+from helpers import run_cli
 
 
 def _inputs(b: int, size: int = 16, cond: int = 512, seed: int = 0):
@@ -177,15 +178,6 @@ def test_pipeline_child_refuses_an_unknown_pipeline_option(small_clip, tmp_path)
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def _run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    from fvedit.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
-
-
 @pytest.mark.parametrize(
     "args,expected",
     [
@@ -206,7 +198,7 @@ def test_bench_pipeline_option_errors_are_one_line_before_any_work(tmp_path, cap
     monkeypatch.setattr(bm, "run_isolated", no_work)
     monkeypatch.setattr(bm, "machine_info", no_work)
     argv = [a.format(clip=clip, missing=tmp_path / "none.mp4") for a in args]
-    code, _, err = _run_cli(["bench", *argv, "-o", str(tmp_path / "b.json")], capsys)
+    code, _, err = run_cli(["bench", *argv, "-o", str(tmp_path / "b.json")], capsys)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], err
     assert not (tmp_path / "b.json").exists()
@@ -230,7 +222,7 @@ def test_bench_pipeline_writes_the_json_and_a_table(tmp_path, capsys, monkeypatc
 
     monkeypatch.setattr(bm, "run_isolated", fake_child)
     out_json = tmp_path / "res" / "p.json"
-    code, out, err = _run_cli(["bench", "--pipeline", str(clip), "--simulate-device-ms", "2.3", "--threads", "2",
+    code, out, err = run_cli(["bench", "--pipeline", str(clip), "--simulate-device-ms", "2.3", "--threads", "2",
                                "--frames-from-cache", "--faces", str(faces), "-b", "4", "-o", str(out_json)], capsys)
     assert code in (0, None), err
     assert seen["function"] == "pipeline_child" and seen["threads"] == 2
