@@ -50,9 +50,9 @@ def workspace(tmp_path_factory):
 
 
 def _edit(video: Path, work: Path, out: str):
-    from fvedit.jobs import EditRequest, run_edit
+    from fvedit.pipeline.jobs import EditRequest, run_edit
     from fvedit.pipeline import PipelineOptions
-    from fvedit.sampling import SamplerSpec
+    from fvedit.diffusion.spec import SamplerSpec
 
     opts = PipelineOptions(sampler=SamplerSpec("dpm", STEPS), batch_size=BATCH, cache_dir=work / "cache", quiet=True)
     return run_edit(video, work / out, EditRequest(["young"]), preset=PRESET, weights_dir=None,

@@ -41,7 +41,7 @@ RECORDED = ("frames", "size", "ms", "threads", "batch", "calls_per_frame", "cach
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(video, its faces file, a work folder whose encode cache the re-edits share)."""
-    from fvedit.jobs import run_align
+    from fvedit.pipeline.jobs import run_align
     from fvedit.synth import make_face_video
 
     root = tmp_path_factory.mktemp("bench-pipeline")

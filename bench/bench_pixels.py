@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fvedit.pixels as pixels
-from fvedit import paste
+from fvedit.pipeline import paste
 from fvedit.pixels import crop_homography, ext
 
 SIZE = 256

@@ -19,7 +19,7 @@ import torch
 
 from fvedit.benchmark import sync_device, unet_inputs
 from fvedit.runtime.backends import eps_fn, make_backend
-from fvedit.sampling import SamplerSpec
+from fvedit.diffusion.spec import SamplerSpec
 from fvedit.weights.demo import demo_weights
 
 CUDA = torch.cuda.is_available()

@@ -56,7 +56,7 @@ class Check:
     @property
     def weights(self):
         if self._weights is None:
-            from fvedit.loading import load_for_run
+            from fvedit.weights.loading import load_for_run
 
             self._weights = load_for_run(None, self.preset, self.device)
         return self._weights
@@ -149,7 +149,7 @@ def part_parity(c: Check) -> dict[str, Any]:
     the PSNR of a 15-step decode in each precision against the fp32 decode from the same x_T."""
     from fvedit.runtime.backends import eps_fn, reference_forward
     from fvedit.runtime.device import tf32_allowed
-    from fvedit.sampling import SamplerSpec
+    from fvedit.diffusion.spec import SamplerSpec
 
     cfg = c.weights.config
     x, t, cond = bm.unet_inputs(cfg, 4, c.device, seed=11)
@@ -232,7 +232,7 @@ def part_prof(c: Check) -> dict[str, Any]:
 
 def part_sampler(c: Check) -> dict[str, Any]:
     """DPM-Solver++ 15 calls each way (inversion + decode) per frame, at the product batch and 32."""
-    from fvedit.sampling import SamplerSpec
+    from fvedit.diffusion.spec import SamplerSpec
 
     fast = c.torch_backend("fp16")
     rows = []

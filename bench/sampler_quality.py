@@ -26,13 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fvedit.encode_cache import load_encoding  # noqa: E402
-from fvedit.jobs import EditRequest, run_edit  # noqa: E402
-from fvedit.loading import load_for_run  # noqa: E402
+from fvedit.pipeline.cache import load_encoding  # noqa: E402
+from fvedit.pipeline.jobs import EditRequest, run_edit  # noqa: E402
+from fvedit.weights.loading import load_for_run  # noqa: E402
 from fvedit.metrics import compute_metrics  # noqa: E402
 from fvedit.pipeline import PipelineOptions  # noqa: E402
 from fvedit.runtime.device import resolve_device  # noqa: E402
-from fvedit.sampling import SamplerSpec  # noqa: E402
+from fvedit.diffusion.spec import SamplerSpec  # noqa: E402
 from fvedit.synth import make_face_video  # noqa: E402
 
 SETTINGS = [("ddim", 100), ("ddim", 50), ("ddim", 20), ("dpm", 20), ("dpm", 15), ("dpm", 10)]

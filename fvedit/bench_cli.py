@@ -192,7 +192,7 @@ class _Setup:
 
     @property
     def spec(self):
-        from fvedit.sampling import SamplerSpec
+        from fvedit.diffusion.spec import SamplerSpec
 
         return SamplerSpec("dpm", self.steps)
 
@@ -230,7 +230,7 @@ def _unet_part(bm, s: _Setup) -> dict[str, Any]:
 
 
 def _sampler_part(bm, s: _Setup, backend: str) -> list[dict[str, Any]]:
-    from fvedit.sampling import SamplerSpec
+    from fvedit.diffusion.spec import SamplerSpec
 
     specs = [s.spec, SamplerSpec("ddim", s.steps)]
     return bm.bench_sampler(s.built[backend], s.weights, specs, s.batches[-1], s.device, warmup=min(s.warmup, 1),
@@ -265,7 +265,7 @@ def run_bench(
     import torch
 
     from fvedit import benchmark as bm
-    from fvedit.loading import load_for_run
+    from fvedit.weights.loading import load_for_run
     from fvedit.runtime.device import resolve_device
 
     _check_bench_inputs(precision, video, faces)

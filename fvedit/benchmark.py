@@ -333,11 +333,15 @@ def hold_memory_child(mb: int) -> dict[str, Any]:
 
 
 def _child_main(payload: str) -> None:
+    from fvedit.runtime.host_memory import retain_freed_memory
+
+    retained = retain_freed_memory()  # as `fvedit` itself does at start (fvedit.cli.main)
     spec = json.loads(payload)
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     result = globals()[spec["function"]](**spec["kwargs"])
-    result = dict(result, peak_host_mb=peak_host_memory_mb(), memory=host_memory_breakdown_mb())
+    result = dict(result, peak_host_mb=peak_host_memory_mb(), memory=host_memory_breakdown_mb(),
+                  freed_memory_retained=retained)
     sys.stdout.write("\n" + RESULT_MARK + json.dumps(result) + "\n")
     sys.stdout.flush()
 
@@ -708,7 +712,7 @@ def _sum_or_none(*values: float | None) -> float | None:
 def pixel_scene(width: int = 1920, height: int = 1080, size: int = 256, seed: int = 0) -> dict[str, np.ndarray]:
     """One frame, a rotated face quad ~0.27 of the frame height wide, an edited crop and a feathered
     alpha: what one frame's warp (crop out) and paste (blend back) see in the pipeline."""
-    from fvedit import paste
+    from fvedit.pipeline import paste
     from fvedit.pixels import crop_homography
 
     rng = np.random.default_rng(seed)
@@ -810,9 +814,9 @@ def edit_video_child(
 
     faces: a faces file from `fvedit align` for this video; its detections are replayed, so the
     run needs no dlib (and times no detection)."""
-    from fvedit.jobs import EditRequest, run_edit
+    from fvedit.pipeline.jobs import EditRequest, run_edit
     from fvedit.pipeline import PipelineOptions
-    from fvedit.sampling import SamplerSpec
+    from fvedit.diffusion.spec import SamplerSpec
 
     work = Path(work_dir)
     runs = {}
@@ -847,10 +851,11 @@ def edit_memory_child(
     the real pipeline. The UNet's own memory is bounded by the batch size, not the frame count, so
     this keeps the frame-count scaling while making a 400-frame run cheap enough for a unit test.
     """
-    from fvedit.jobs import make_eps_model
-    from fvedit.pipeline import PipelineOptions, decode_and_paste, encode_video
+    from fvedit.diffusion.spec import SamplerSpec
+    from fvedit.pipeline.jobs import make_eps_model
+    from fvedit.pipeline.options import PipelineOptions
+    from fvedit.pipeline.scheduler import edit_video
     from fvedit.progress import StageTimes
-    from fvedit.sampling import SamplerSpec
     from fvedit.weights.demo import demo_weights
 
     weights = demo_weights(preset)
@@ -865,9 +870,7 @@ def edit_memory_child(
     before = peak_host_memory_mb()
     times = StageTimes()
     t0 = time.perf_counter()
-    enc, info, _ = encode_video(Path(video), weights, eps_model, opts, times, echo=lambda m: None)
-    z_id = torch.from_numpy(enc.z_id_mean)
-    decode_and_paste(Path(video), work / "out.mp4", enc, info, weights, eps_model, z_id, opts, times)
+    enc, _, _, _ = edit_video(Path(video), work / "out.mp4", weights, eps_model, opts, times, _unedited, echo=lambda m: None)
     return {"frames": enc.num_frames, "peak_before_work_mb": before, "wall_s": time.perf_counter() - t0,
             "stages_s": dict(times.seconds), "stand_in_unet": stand_in_unet}  # fmt: skip
 
@@ -936,6 +939,13 @@ class MarkedStageTimes(StageTimes):
             yield
 
 
+def _unedited(enc):
+    """The identity "edit" the pipeline benchmarks run: the mean identity as it is."""
+    from fvedit.pipeline.options import EditIdentity
+
+    return EditIdentity(torch.from_numpy(enc.z_id_mean), "none")
+
+
 def pipeline_child(
     video: str,
     work_dir: str,
@@ -950,19 +960,20 @@ def pipeline_child(
     encoder_ms: float | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """encode_video + decode_and_paste (as `fvedit edit` runs them) with the simulated device's
+    """edit_video (as `fvedit edit` runs it) with the simulated device's
     stand-ins, timed by phase. Meant to run in a fresh process (`bench_pipeline` / `run_isolated`).
 
     First edit (from_cache False): the encoding is computed (use_cache off) and written to
     work_dir/cache. Re-edit (from_cache True): an untimed encode_video first fills that cache when
     it is missing, then the timed run must take the encoding from it. Phases, on the wall clock:
-    analyse = start .. the first edit-phase stage (`EDIT_PHASE_STAGES`; else encode_video's return),
-    edit = that .. the output written; device_busy_edit = simulated busy seconds in the edit phase /
+    analyse = start .. the identity edit (the analysis is complete; or the first edit-phase stage,
+    `EDIT_PHASE_STAGES`, if earlier), edit = that .. the output written; device_busy_edit = simulated busy seconds in the edit phase /
     its wall seconds. `options`: extra PipelineOptions fields (e.g. a pipeline's own switches).
     """
-    from fvedit.pipeline import PipelineOptions, decode_and_paste, encode_video
+    from fvedit.diffusion.spec import SamplerSpec
+    from fvedit.pipeline.options import PipelineOptions
+    from fvedit.pipeline.scheduler import edit_video, encode_video
     from fvedit.runtime.simulated import simulated_weights
-    from fvedit.sampling import SamplerSpec
 
     weights, unet = simulated_weights(preset, ms, encoder_ms=encoder_ms)
     clock, work, src = unet.clock, Path(work_dir), Path(video)
@@ -982,12 +993,16 @@ def pipeline_child(
     out = work / f"{'re-edit' if from_cache else 'edit'}-{os.getpid()}.mp4"
     times = MarkedStageTimes()
     t0 = time.perf_counter()
-    enc, info, hit = encode_video(src, weights, unet, opts, times, echo=quiet)
-    encoded = time.perf_counter()
-    decode_and_paste(src, out, enc, info, weights, unet, torch.from_numpy(enc.z_id_mean), opts, times,
-                     writer_options={"threads": threads})  # fmt: skip
+    analysed: list[float] = []
+
+    def unedited(enc):  # the edit step runs when the analysis is done: that closes the phase
+        analysed.append(time.perf_counter())
+        return _unedited(enc)
+
+    enc, info, hit, _ = edit_video(src, out, weights, unet, opts, times, unedited, echo=quiet,
+                                   writer_options={"threads": threads})
     end = time.perf_counter()
-    edit_start = min([encoded, *(times.first_start[s] for s in EDIT_PHASE_STAGES if s in times.first_start)])
+    edit_start = min([*analysed, *(times.first_start[s] for s in EDIT_PHASE_STAGES if s in times.first_start)])
     n = enc.num_frames
     per_frame = 1000 / max(n, 1)
     return {

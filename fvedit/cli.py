@@ -165,7 +165,7 @@ VerboseOpt = typer.Option(False, "--verbose", "-v", help="Also log library detai
 def _options(**kw):
     """PipelineOptions from CLI values (imported lazily: `fvedit --help` stays fast)."""
     from fvedit.pipeline import PipelineOptions
-    from fvedit.sampling import SamplerSpec
+    from fvedit.diffusion.spec import SamplerSpec
     from fvedit.face.track import parse_selection
     from fvedit.runtime.device import set_threads
 
@@ -239,7 +239,7 @@ def edit(
     with the unedited mean identity (shows what the model keeps of the face). Frames without the
     face are written unchanged.
     """
-    from fvedit.jobs import EditRequest, run_edit
+    from fvedit.pipeline.jobs import EditRequest, run_edit
 
     _logging(verbose)
     out = output or video.with_name(f"{video.stem}.edited.mp4")
@@ -282,7 +282,7 @@ def encode(
     An edit finds the encoding when it uses the same sampler, steps, face, --max-gap, --align, backend,
     precision and temporal window.
     """
-    from fvedit.jobs import EditRequest, run_edit
+    from fvedit.pipeline.jobs import EditRequest, run_edit
 
     opts = _options(sampler=sampler, steps=steps, face=face, batch_size=batch_size, cache_dir=cache_dir, quiet=quiet,
                     precision=precision, temporal_window=temporal_window, use_cache=not no_cache, max_gap=max_gap, align=align,
@@ -329,7 +329,7 @@ def align(
       faces_seen int64 [N], reacquired int64 [R].
     """
     from fvedit.face.track import parse_selection
-    from fvedit.jobs import run_align
+    from fvedit.pipeline.jobs import run_align
 
     run_align(video, output, face=parse_selection(face), max_gap=max_gap, align=align, threads=threads, quiet=quiet)
 
@@ -365,7 +365,7 @@ def demo(
     is deterministic noise that shows the pipeline (tracking, inversion, decoding, paste-back, timing
     and audio kept), not DVA's quality, and the files say so in their metadata (comment tag).
     """
-    from fvedit.jobs import run_demo
+    from fvedit.pipeline.jobs import run_demo
 
     opts = _options(sampler=sampler, steps=steps, face="largest", batch_size=batch_size, quiet=quiet,
                     cache_dir=out_dir / "cache", threads=threads)
@@ -404,6 +404,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: turn fvedit errors into a one-line message and an exit code."""
     import signal
 
+    from fvedit.runtime.host_memory import retain_freed_memory
+
+    retain_freed_memory()  # before any frame or tensor is allocated (see the module)
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         app(args=argv, standalone_mode=True)

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from fvedit.crops import crops_to_tensor, cut_crops, supersample_factor, tensor_to_crops
+from fvedit.pipeline.crop import crops_to_tensor, cut_crops, supersample_factor, tensor_to_crops
 from fvedit.errors import InputError
 from fvedit.face.align import compute_quads
-from fvedit.loading import load_for_run
+from fvedit.weights.loading import load_for_run
 from fvedit.progress import StageTimes, console, progress_bar
 from fvedit.runtime.device import resolve_device
-from fvedit.sampling import SamplerSpec
+from fvedit.diffusion.spec import SamplerSpec
 
 
 @dataclass

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fvedit.encode_cache import load_encoding
-from fvedit.jobs import EditRequest, run_edit
+from fvedit.pipeline.cache import load_encoding
+from fvedit.pipeline.jobs import EditRequest, run_edit
 from fvedit.pipeline import FADE_FRAMES, PipelineOptions, fade_weights, plan_batches
-from fvedit.sampling import SamplerSpec
+from fvedit.diffusion.spec import SamplerSpec
 from fvedit.synth import make_face_video
 from fvedit.video import iter_frames
 

@@ -14,7 +14,7 @@ import pytest
 from fvedit.errors import InputError
 from fvedit.face.align import OFFICIAL_SIGMAS, compute_quads
 from fvedit.face.detect import detector_name, detector_settings, face_recognition_models_dir
-from fvedit.jobs import run_align
+from fvedit.pipeline.jobs import run_align
 from fvedit.synth import make_face_video
 from fvedit.video import iter_frames
 

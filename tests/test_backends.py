@@ -29,7 +29,7 @@ from fvedit.runtime.backends import (
 from fvedit.runtime.device import cudnn_benchmark, tf32_disabled, tf32_enabled
 from fvedit.runtime.kernels import swcfa
 from fvedit.diffusion.schedule import VPSchedule
-from fvedit.sampling import SamplerSpec
+from fvedit.diffusion.spec import SamplerSpec
 from fvedit.weights.demo import demo_weights
 from tolerances import assert_close_scaled, network_profile, network_rel_tolerance
 

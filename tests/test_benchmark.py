@@ -376,7 +376,7 @@ def test_the_edit_child_passes_faces_precision_and_window_to_the_options(tmp_pat
     """edit_video_child -> run_edit: a --faces file ends up in PipelineOptions.faces (replay, no dlib)."""
     import types
 
-    import fvedit.jobs
+    import fvedit.pipeline.jobs
 
     seen = []
 
@@ -385,7 +385,7 @@ def test_the_edit_child_passes_faces_precision_and_window_to_the_options(tmp_pat
         return types.SimpleNamespace(cache_hit=len(seen) > 1, times=types.SimpleNamespace(seconds={"encode": 1.0}),
                                      frames=5, info=types.SimpleNamespace(width=64, height=48))  # fmt: skip
 
-    monkeypatch.setattr(fvedit.jobs, "run_edit", fake_run_edit)
+    monkeypatch.setattr(fvedit.pipeline.jobs, "run_edit", fake_run_edit)
     res = bm.edit_video_child("clip.mp4", str(tmp_path), faces="clip.faces.npz", precision="bf16", temporal_window=3)
     assert [o.faces for o in seen] == [Path("clip.faces.npz")] * 2
     assert {(o.precision, o.temporal_window) for o in seen} == {("bf16", 3)}

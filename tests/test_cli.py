@@ -133,7 +133,7 @@ def test_threads_default_to_the_available_cores():
 
 INTERRUPT_SCRIPT = """
 import os, signal, sys
-from fvedit import sampling
+from fvedit.diffusion import spec as sampling
 from fvedit.cli import main
 
 original = sampling.SamplerSpec.encode

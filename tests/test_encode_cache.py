@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from fvedit.encode_cache import EncodingWriter, RowFile, encoding_key, load_encoding
+from fvedit.pipeline.cache import EncodingWriter, RowFile, encoding_key, load_encoding
 
 SHAPES = {
     "quads": ((5, 4, 2), np.float64),
@@ -108,7 +108,7 @@ def test_abort_leaves_nothing(tmp_path):
 def _killed_writer(cache, key) -> int:
     """A child process that starts an encoding, then dies by SIGKILL mid-way; returns its pid."""
     code = (
-        "import sys, time, numpy as np; from pathlib import Path; from fvedit.encode_cache import EncodingWriter; "
+        "import sys, time, numpy as np; from pathlib import Path; from fvedit.pipeline.cache import EncodingWriter; "
         f"w = EncodingWriter(Path({str(cache)!r}), {key!r}, {{'frames': 5}}, {{'x_T': ((5, 3), np.float32)}}); "
         "print('ready', flush=True); time.sleep(60)"
     )
@@ -129,7 +129,7 @@ def test_next_run_removes_what_a_killed_run_left(tmp_path):
 
 def test_a_live_run_keeps_its_partial(tmp_path):
     code = (
-        "import time, numpy as np; from pathlib import Path; from fvedit.encode_cache import EncodingWriter; "
+        "import time, numpy as np; from pathlib import Path; from fvedit.pipeline.cache import EncodingWriter; "
         f"w = EncodingWriter(Path({str(tmp_path)!r}), 'live', {{'frames': 5}}, {{'x_T': ((5, 3), np.float32)}}); "
         "print('ready', flush=True); time.sleep(60)"
     )

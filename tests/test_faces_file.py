@@ -18,9 +18,9 @@ from fvedit.errors import InputError
 from fvedit.face.align import align_video
 from fvedit.face.detect import Face
 from fvedit.face.faces_file import SCHEMA, RecordingDetector, ReplayDetector, load_faces
-from fvedit.jobs import EditRequest, run_align, run_edit
+from fvedit.pipeline.jobs import EditRequest, run_align, run_edit
 from fvedit.pipeline import PipelineOptions
-from fvedit.sampling import SamplerSpec
+from fvedit.diffusion.spec import SamplerSpec
 from fvedit.synth import make_face_video, make_no_face_video
 from fvedit.video import iter_frames
 from helpers import run_cli
@@ -258,12 +258,12 @@ def test_a_bad_faces_file_is_one_line(kind, faces_files, tmp_path):
 @pytest.fixture
 def no_slow_work(monkeypatch):
     """Fail the test if the edit gets as far as loading weights."""
-    import fvedit.jobs
+    import fvedit.pipeline.jobs
 
     def slow(*args, **kwargs):
         raise AssertionError("the bad --faces file was noticed only after the slow work began")
 
-    monkeypatch.setattr(fvedit.jobs, "_run_edit", slow)
+    monkeypatch.setattr(fvedit.pipeline.jobs, "_run_edit", slow)
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ from fvedit.metrics.report import (
     PSNR_COLOUR,
     WORST_COLOUR,
 )
-from fvedit.paste import landmark_hull_mask
+from fvedit.pipeline.paste import landmark_hull_mask
 from fvedit.synth import FaceScene, make_face_video
 from fvedit.video import iter_frames, probe, write_video
 from fvedit.weights.demo import demo_weights

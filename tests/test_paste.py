@@ -8,7 +8,7 @@ from scipy import ndimage
 from skimage import data, draw, transform
 
 import fvedit.pixels as pixels
-from fvedit import paste
+from fvedit.pipeline import paste
 from fvedit.errors import InputError
 from fvedit.pixels import crop_homography, ext
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fvedit.cli import main
-from fvedit.jobs import EditRequest, run_edit
+from fvedit.pipeline.jobs import EditRequest, run_edit
 from fvedit.pipeline import PipelineOptions
-from fvedit.sampling import SamplerSpec
+from fvedit.diffusion.spec import SamplerSpec
 from fvedit.synth import make_face_video, make_no_face_video
 from fvedit.video import VideoWriter, iter_frames, probe
 
@@ -52,7 +52,7 @@ def test_edit_keeps_frames_timing_size_and_audio(face_video, tmp_path, recorded)
 
 def test_pixels_outside_the_face_are_untouched_and_the_face_changes(face_video, tmp_path, recorded):
     summary = run_edit(face_video, tmp_path / "out.mp4", EditRequest(["young"]), opts=opts(tmp_path), **FAST)
-    from fvedit.encode_cache import load_encoding
+    from fvedit.pipeline.cache import load_encoding
 
     enc = load_encoding(tmp_path / "cache", summary.cache_folder.name)
     for frame, out, quad in zip(iter_frames(face_video), recorded, enc.quads):
@@ -81,23 +81,56 @@ def test_same_settings_same_output_and_second_edit_reuses_cache(face_video, tmp_
 
 
 def test_one_edited_identity_for_every_frame(face_video, tmp_path, monkeypatch):
-    """Temporal consistency by construction: every decoded frame gets the same edited z_id."""
+    """Temporal consistency by construction: every decoded frame gets the same edited z_id, every
+    inversion the same mean identity; on a first edit each batch is inverted, then decoded."""
+    import fvedit.pipeline.scheduler as scheduler
     from fvedit.models.encoders import DVAEncoder
 
-    seen: list[torch.Tensor] = []
+    stages: list[str] = []
+    seen: list[tuple[str, torch.Tensor]] = []
     original = DVAEncoder.fuse
 
     def spy(self, z_id, z_lnd):
-        seen.append(z_id.detach().clone())
+        seen.append((stages[-1], z_id.detach().clone()))
         return original(self, z_id, z_lnd)
 
+    for name in ("invert_batch", "decode_batch"):
+        def tagged(*args, _stage=getattr(scheduler, name), _name=name, **kwargs):
+            stages.append(_name)
+            return _stage(*args, **kwargs)
+
+        monkeypatch.setattr(scheduler, name, tagged)
     monkeypatch.setattr(DVAEncoder, "fuse", spy)
     run_edit(face_video, tmp_path / "o.mp4", EditRequest(["young=0.5"]), opts=opts(tmp_path, batch_size=2), **FAST)
-    decode_ids = seen[-3:]  # 6 frames in batches of 2: the last three fuse calls are the decode
+    assert stages == ["invert_batch", "decode_batch"] * 3  # 6 frames in batches of 2
+    decode_ids = [z for stage, z in seen if stage == "decode_batch"]
+    encode_ids = [z for stage, z in seen if stage == "invert_batch"]
+    assert len(decode_ids) == len(encode_ids) == 3
     assert all(torch.equal(decode_ids[0], z) for z in decode_ids)
-    encode_ids = seen[:3]
     assert all(torch.equal(encode_ids[0], z) for z in encode_ids)
     assert not torch.equal(encode_ids[0], decode_ids[0])  # the edit moved the identity
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_a_first_edit_inverts_as_encode_does_and_writes_what_a_re_edit_writes(face_video, tmp_path, recorded, window):
+    """The first edit inverts each batch just before decoding it (x_T goes to the cache on the way);
+    its cache must equal `fvedit encode`'s bit for bit, and its frames those of a re-edit from that
+    encode's cache. With cross-frame attention (window 3) a batch's run reaches into the next one,
+    so the next batch must be inverted first."""
+    from fvedit.pipeline.cache import load_encoding
+
+    kw = dict(batch_size=2, temporal_window=window)
+    encoded = run_edit(face_video, None, EditRequest([]), opts=opts(tmp_path / "a", **kw), **FAST)
+    first = run_edit(face_video, tmp_path / "first.mp4", EditRequest(["young"]), opts=opts(tmp_path / "b", **kw), **FAST)
+    first_frames = [f.copy() for f in recorded]
+    recorded.clear()
+    again = run_edit(face_video, tmp_path / "again.mp4", EditRequest(["young"]), opts=opts(tmp_path / "a", **kw), **FAST)
+    assert not encoded.cache_hit and not first.cache_hit and again.cache_hit
+    a = load_encoding(tmp_path / "a" / "cache", encoded.cache_folder.name)
+    b = load_encoding(tmp_path / "b" / "cache", first.cache_folder.name)
+    assert np.any(a.x_T[:] != 0) and np.array_equal(a.x_T[:], b.x_T[:]) and np.array_equal(a.crops[:], b.crops[:])
+    assert len(recorded) == len(first_frames) == 6
+    assert all(np.array_equal(x, y) for x, y in zip(first_frames, recorded))
 
 
 def test_corrupt_cache_is_rebuilt_not_trusted(face_video, tmp_path):
@@ -246,12 +279,12 @@ def test_window_encodings_are_keyed_by_batch_size(face_video, tmp_path):
 
 def test_output_that_cannot_be_written_fails_before_alignment(face_video, tmp_path, capsys, monkeypatch):
     """A hard link to the input, or a place where no file can be created, fails in milliseconds."""
-    import fvedit.pipeline as pipeline
+    import fvedit.pipeline.align as pipeline_align
 
     def no_alignment(*a, **k):
         raise AssertionError("alignment started although the output cannot be written")
 
-    monkeypatch.setattr(pipeline, "align_video", no_alignment)
+    monkeypatch.setattr(pipeline_align, "align_video", no_alignment)
     link = tmp_path / "link.mp4"
     import os
 

@@ -102,7 +102,7 @@ def test_encoders_have_the_models_shapes_split_their_time_and_are_deterministic(
 
 
 def test_simulated_weights_share_one_clock_and_are_marked_apart_from_the_demo_weights():
-    from fvedit.encode_cache import weights_fingerprint
+    from fvedit.pipeline.cache import weights_fingerprint
 
     weights, unet = simulated_weights("dva256", 1.0, encoder_ms=0.5)
     assert weights.is_demo and weights.config.image_size == 256 and weights.classifier is None
@@ -133,7 +133,7 @@ def test_marked_stage_times_keep_the_first_start_of_each_stage():
 @pytest.fixture(scope="module")
 def small_clip(tmp_path_factory) -> tuple[Path, Path, Path]:
     """8 frames of 160x120 with a face, its faces file (dlib once) and a work folder."""
-    from fvedit.jobs import run_align
+    from fvedit.pipeline.jobs import run_align
 
     root = tmp_path_factory.mktemp("simulated")
     video = bm.make_bench_video(root / "clip.mp4", 8, 160, 120)

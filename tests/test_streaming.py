@@ -1,6 +1,6 @@
 """The streamed decode pass: frames decoded ahead and pasted + written behind the device.
 
-`fvedit.streaming`'s two threads keep order, stay bounded, hand errors to the caller and stop
+`fvedit.pipeline.streaming`'s two threads keep order, stay bounded, hand errors to the caller and stop
 cleanly; and the streamed edit writes exactly the frames of the serial one (real tiny UNet, CPU).
 """
 
@@ -12,11 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from fvedit.encode_cache import load_encoding
-from fvedit.jobs import EditRequest, run_edit
+from fvedit.pipeline.cache import load_encoding
+from fvedit.pipeline.jobs import EditRequest, run_edit
 from fvedit.pipeline import PipelineOptions
-from fvedit.sampling import SamplerSpec
-from fvedit.streaming import Prefetch, Worker
+from fvedit.diffusion.spec import SamplerSpec
+from fvedit.pipeline.streaming import Prefetch, Worker
 from fvedit.synth import make_face_video
 
 # -- the two threads ---------------------------------------------------------------------------
@@ -108,9 +108,9 @@ def clip(tmp_path_factory):
 def test_streamed_edit_writes_exactly_the_serial_frames(clip, tmp_path, recorded, monkeypatch, side_by_side):
     monkeypatch.setenv("FVEDIT_WEIGHTS_DIR", str(tmp_path / "no-weights"))
     import fvedit.face.pool
-    import fvedit.pipeline
+    import fvedit.pipeline.align
 
-    monkeypatch.setattr(fvedit.pipeline, "POOL_MIN_FRAMES", 1)  # the detection pool on this short clip too
+    monkeypatch.setattr(fvedit.pipeline.align, "POOL_MIN_FRAMES", 1)  # the detection pool on this short clip too
     pools = []
     original_init = fvedit.face.pool.PooledDetector.__init__
 
@@ -119,7 +119,7 @@ def test_streamed_edit_writes_exactly_the_serial_frames(clip, tmp_path, recorded
         original_init(self, *args, **kwargs)
 
     monkeypatch.setattr(fvedit.face.pool.PooledDetector, "__init__", counting_init)
-    monkeypatch.setattr(fvedit.pipeline, "detection_workers", lambda opts: 2)
+    monkeypatch.setattr(fvedit.pipeline.align, "detection_workers", lambda opts: 2)
     frames, encodings = {}, {}
     for stream in (False, True):  # each with its own cache: both encode (align, crop passes) and decode
         recorded.clear()

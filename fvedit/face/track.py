@@ -42,7 +42,7 @@ MAX_CONFIRM_SCALE = 1.5  # ... and their size stay within this factor of the exp
 class FacePresence:
     """Which frames have the face, from a class's `detected` and `present` masks (bool [N]).
 
-    Shared by `Track`, `fvedit.face.align.Alignment` and `fvedit.encode_cache.Encoding`.
+    Shared by `Track`, `fvedit.face.align.Alignment` and `fvedit.pipeline.cache.Encoding`.
     """
 
     @property

@@ -30,7 +30,7 @@ def metrics_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result table and errors: no progress bars, no notes."),
 ) -> None:
     """Measure an edit against its original: TL-ID, TG-ID, identity preservation, face PSNR/SSIM/MS-SSIM, warping error."""
-    from fvedit.loading import load_for_run
+    from fvedit.weights.loading import load_for_run
     from fvedit.metrics.flow import check_flow_available
     from fvedit.metrics.report import print_report, write_json, write_plot
     from fvedit.metrics.run import REGIONS, compute_metrics

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from fvedit.errors import InputError
-from fvedit.paste import landmark_hull_mask
+from fvedit.pipeline.paste import landmark_hull_mask
 
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (rgb a, rgb b) uint8 [H, W, 3] -> flow a->b [H, W, 2]
 FLOW_METHODS = ("farneback", "raft")

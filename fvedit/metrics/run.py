@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fvedit.crops import crops_to_tensor, cut_crops, supersample_factor
+from fvedit.pipeline.crop import crops_to_tensor, cut_crops, supersample_factor
 from fvedit.errors import InputError
 from fvedit.face.align import OFFICIAL_SIGMAS, align_video
 from fvedit.metrics.flow import face_mask_in_frame, make_flow, pair_mask, warp_error
 from fvedit.metrics.identity import identity_metrics
 from fvedit.metrics.image import ms_ssim, ms_ssim_scales, psnr, ssim, uint8_to_unit
 from fvedit.metrics.report import MetricsReport
-from fvedit.paste import face_masks_in_crops
+from fvedit.pipeline.paste import face_masks_in_crops
 from fvedit.progress import progress_bar
 from fvedit.video import VideoInfo, iter_frames, probe
 from fvedit.weights.store import LoadedWeights

@@ -66,7 +66,7 @@ def export_command(
     ),
 ) -> None:
     """Export the UNet to ONNX, check it against the reference in onnxruntime, then build TensorRT engines."""
-    from fvedit.loading import load_for_run
+    from fvedit.weights.loading import load_for_run
     from fvedit.runtime.device import resolve_device
     from fvedit.runtime.onnx_backend import check_ort_available, default_export_dir
 

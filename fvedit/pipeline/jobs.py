@@ -14,15 +14,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from fvedit.crops import crops_to_tensor
 from fvedit.edit import apply_attribute_edits, apply_text_direction, parse_attr_specs
-from fvedit.encode_cache import Encoding
 from fvedit.errors import InputError
-from fvedit.loading import load_for_run
-from fvedit.pipeline import EditIdentity, EditSummary, PipelineOptions, decode_and_paste, encode_video
+from fvedit.pipeline.cache import Encoding
+from fvedit.pipeline.crop import crops_to_tensor
+from fvedit.pipeline.options import EditIdentity, EditSummary, PipelineOptions
+from fvedit.pipeline.scheduler import edit_video, encode_video
 from fvedit.progress import StageTimes, console, progress_bar
 from fvedit.runtime.device import resolve_device
 from fvedit.video import check_output
+from fvedit.weights.loading import load_for_run
 from fvedit.weights.store import LoadedWeights
 
 if TYPE_CHECKING:
@@ -145,8 +146,8 @@ def run_align(video: Path, output: Path | None, *, face: "Selection" = "largest"
     from fvedit.face.detect import detector_name
     from fvedit.face.faces_file import FacesOutput, RecordingDetector, TrackSettings, format_selection, save_faces
     from fvedit.face.track import DEFAULT_MAX_GAP
-    from fvedit.pipeline import alignment_notes, face_detectors
-    from fvedit.streaming import prefetched
+    from fvedit.pipeline.align import alignment_notes, face_detectors
+    from fvedit.pipeline.streaming import prefetched
     from fvedit.video import iter_frames, probe
     from fvedit.weights.store import sha256_file
 
@@ -231,13 +232,14 @@ def _run_edit(
         weights = load_for_run(weights_dir, preset, dev, echo=lambda m: console.print(m, style="yellow"))
         apply_edit = prepare_edit(weights, request, dev, opts.quiet)
         eps_model = make_eps_model(weights, backend, dev, opts.precision, opts.temporal_window, opts.threads)
-    enc, info, hit = encode_video(video, weights, eps_model, opts, times, echo)
-    with times.stage("edit identity"):
-        identity = apply_edit(enc)
-    if output is not None:
+    if output is None:  # encode only
+        enc, info, hit = encode_video(video, weights, eps_model, opts, times, echo)
+        with times.stage("edit identity"):
+            identity = apply_edit(enc)
+    else:
         tags = {"comment": DEMO_TAG} if weights.is_demo else {}
-        decode_and_paste(video, output, enc, info, weights, eps_model, identity.z_id, opts, times,
-                         writer_options={"metadata": tags, "threads": opts.threads})
+        enc, info, hit, identity = edit_video(video, output, weights, eps_model, opts, times, apply_edit, echo,
+                                              writer_options={"metadata": tags, "threads": opts.threads})
     times.add("other (video decoding, overhead)", max(0.0, time.perf_counter() - started - times.total))
     summary = EditSummary(output, enc.num_frames, times, hit, enc.folder, info, identity.description,
                           passed_through=enc.num_absent, bridged=enc.num_bridged,

@@ -9,6 +9,8 @@ k^2 larger warp.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,10 +31,18 @@ def supersample_factor(quads: np.ndarray, size: int) -> int:
     return int(np.clip(np.ceil(side / size - 1e-6), 1, MAX_SUPERSAMPLE))
 
 
-def cut_crops(frames: np.ndarray, quads: np.ndarray, size: int, factor: int = 1) -> np.ndarray:
-    """uint8 crops [N,S,S,3] of frames [N,H,W,3] for quads [N,4,2], area-filtered by `factor`."""
+def cut_crops(frames: np.ndarray | Sequence[np.ndarray], quads: np.ndarray, size: int, factor: int = 1) -> np.ndarray:
+    """uint8 crops [N,S,S,3] of frames [N,H,W,3] (or N frames [H,W,3]) for quads [N,4,2],
+    area-filtered by `factor`.
+
+    Warped one frame at a time from the frames as given: stacking a batch of 1080p frames first
+    would copy 6 MB per frame into fresh memory, which costs more than the warp itself."""
     big = size * factor
-    crops = pixels.warp_crops(np.ascontiguousarray(frames), crop_homography(quads, big), big)
+    hom = crop_homography(quads, big)
+    if len(frames) != len(hom):
+        raise ValueError(f"{len(frames)} frames for {len(hom)} quads")
+    crops = np.concatenate([pixels.warp_crops(np.ascontiguousarray(f)[None], hom[i : i + 1], big)
+                            for i, f in enumerate(frames)]) if len(hom) else np.zeros((0, big, big, 3), np.uint8)
     if factor == 1:
         return crops
     t = torch.from_numpy(crops).permute(0, 3, 1, 2).float()
@@ -50,3 +60,10 @@ def tensor_to_crops(x: torch.Tensor) -> np.ndarray:
     """float [N,3,S,S] in [-1, 1] -> uint8 [N,S,S,3], rounded like the official tensor2pil."""
     u = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return u.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def encode_crops(encoder, crops: np.ndarray, device: torch.device | str) -> tuple[np.ndarray, np.ndarray]:
+    """Stage: the identity and landmark features (float32 [N,D], [N,102]) of uint8 crops [N,S,S,3]."""
+    with torch.no_grad():
+        x0 = crops_to_tensor(crops, device)
+        return encoder.id_forward(x0).cpu().numpy(), encoder.lnd_forward(x0).cpu().numpy()

@@ -179,3 +179,34 @@ def paste_back(frame, edited_crop, alpha, H_crop_to_frame, *, inplace: bool = Fa
     if batched:
         return pixels.paste_blend_batch(frame, edited_crop, alpha, inv, inplace=inplace)
     return pixels.paste_blend(frame, edited_crop, alpha, inv, inplace=inplace)
+
+
+def uses_parser(mask: str, is_demo: bool) -> bool:
+    """--mask auto: the face parser for real weights, the landmark hull for demo weights (whose
+    untrained parser would return noise)."""
+    return mask == "parser" or (mask == "auto" and not is_demo)
+
+
+def alpha_masks(landmarks: np.ndarray, quads: np.ndarray, size: int, feather_px: float, fade: np.ndarray,
+                parser=None, x0: torch.Tensor | None = None) -> np.ndarray:
+    """Stage: float32 [N,S,S] feathered paste-back alpha of N crops, times `fade` [N].
+
+    The face parser's mask when `parser` (the encoder's `face_mask`) is given with the input
+    crops x0 [N,3,S,S] (device work), else the landmark hull from landmarks [N,68,2] and quads
+    [N,4,2] (host work). `feather_px` is at 256 px crops and scales with `size`."""
+    if parser is not None:
+        with torch.no_grad():
+            masks = parser(x0, for_video=True)[:, 0].cpu().numpy()
+    else:
+        masks = face_masks_in_crops(landmarks, quads, size)
+    width = feather_px * size / 256
+    return np.stack([feather(m, width) * w for m, w in zip(masks, fade)]).astype(np.float32)
+
+
+def paste_frames(frames: list[np.ndarray], start: int, frame_ids: np.ndarray, edited: np.ndarray,
+                 alpha: np.ndarray, hom: np.ndarray) -> None:
+    """Stage: paste edited crops [K,S,S,3] with alpha [K,S,S] into `frames` (a chunk whose first
+    frame is `start`) at the K frame indices `frame_ids`, in place, one frame at a time (no stacked
+    copy of full-resolution frames). hom: crop-to-frame homographies of the whole video [N,3,3]."""
+    for j, i in enumerate(frame_ids):
+        paste_back(frames[i - start], edited[j], alpha[j], hom[i], inplace=True)
