@@ -380,6 +380,7 @@ def run_pipeline_bench(
     preset: str,
     json_out: Path | None,
     echo: Echo = lambda m: None,
+    simulate_sync: bool = False,
 ) -> dict[str, Any]:
     """The --pipeline document: machine, settings and `pipeline` (bench_pipeline's result), written
     to json_out when given."""
@@ -391,12 +392,12 @@ def run_pipeline_bench(
     echo(f"pipeline: {what} of {video} in a fresh process, simulated device {simulate_ms:g} ms/frame/call, "
          f"batch {batch}, dpm{steps}, threads {threads or 'default'}")  # fmt: skip
     result = bm.bench_pipeline(video, ms=simulate_ms, threads=threads, from_cache=from_cache, batch=batch,
-                               steps=steps, faces=faces, preset=preset)  # fmt: skip
+                               steps=steps, faces=faces, preset=preset, asynchronous=not simulate_sync)  # fmt: skip
     doc = bm.result_document(
         bm.machine_info("cpu"),
         settings={"pipeline": str(video), "simulate_device_ms": simulate_ms, "threads": threads,
                   "frames_from_cache": from_cache, "faces": str(faces) if faces else None, "batch": batch,
-                  "steps": steps, "preset": preset},
+                  "steps": steps, "preset": preset, "simulate_sync": simulate_sync},
         pipeline=result,
     )  # fmt: skip
     if json_out is not None:
@@ -417,8 +418,11 @@ def _print_pipeline(doc: dict[str, Any], say) -> None:
     t.add_column("value", justify="right")
     for label, key, spec in (("wall ms/frame", "wall_ms_per_frame", ".1f"), ("device ms/frame", "device_ms_per_frame", ".1f"),
                              ("analyse ms/frame", "analyse_ms_per_frame", ".1f"), ("edit ms/frame", "edit_ms_per_frame", ".1f"),
-                             ("device busy in edit", "device_busy_edit", ".3f")):  # fmt: skip
-        t.add_row(label, _fmt(p[key], spec))
+                             ("device busy in edit", "device_busy_edit", ".3f"),
+                             ("host CPU ms/frame in edit (all threads)", "host_cpu_ms_per_frame_edit", ".1f"),
+                             ("host cores busy in edit", "host_cores_busy_edit", ".2f")):  # fmt: skip
+        if key in p:  # documents written before a measure existed lack it
+            t.add_row(label, _fmt(p[key], spec))
     for name, ms in p["stages_ms_per_frame"].items():
         t.add_row(f"  stage {name} (own time)", _fmt(ms))
     say(t)
@@ -500,6 +504,10 @@ def bench_command(
         False, "--frames-from-cache", help="With --pipeline: time the re-edit, the encoding taken from the encode cache "
         "(filled first, untimed), so only decode, paste and write run.",
     ),
+    simulate_sync: bool = typer.Option(
+        False, "--simulate-sync", help="With --pipeline: the host waits for every simulated UNet call (default: calls are "
+        "queued like CUDA launches and the host waits where it reads results back, as on a GPU).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the path of the JSON file."),
 ) -> None:
     """Time the UNet backends (as ratios to the fp32 reference), the samplers, the pixel kernels and a whole edit.
@@ -521,7 +529,8 @@ def bench_command(
     if pipeline is not None:
         doc = run_pipeline_bench(video=pipeline, simulate_ms=simulate_device_ms, threads=threads,
                                  from_cache=frames_from_cache, faces=faces, batch=batch_size[0] if batch_size else 16,
-                                 steps=steps, preset=preset or "dva256", json_out=json_out, echo=echo)  # fmt: skip
+                                 steps=steps, preset=preset or "dva256", json_out=json_out, echo=echo,
+                                 simulate_sync=simulate_sync)  # fmt: skip
         if not quiet:
             _print_pipeline(doc, out.print)
         typer.echo(str(json_out))

@@ -959,6 +959,7 @@ def pipeline_child(
     preset: str = "dva256",
     encoder_ms: float | None = None,
     options: Mapping[str, Any] | None = None,
+    asynchronous: bool = True,
 ) -> dict[str, Any]:
     """edit_video (as `fvedit edit` runs it) with the simulated device's
     stand-ins, timed by phase. Meant to run in a fresh process (`bench_pipeline` / `run_isolated`).
@@ -969,13 +970,15 @@ def pipeline_child(
     analyse = start .. the identity edit (the analysis is complete; or the first edit-phase stage,
     `EDIT_PHASE_STAGES`, if earlier), edit = that .. the output written; device_busy_edit = simulated busy seconds in the edit phase /
     its wall seconds. `options`: extra PipelineOptions fields (e.g. a pipeline's own switches).
+    `asynchronous`: UNet calls queued like CUDA launches (default) or each waited for
+    (`fvedit.runtime.simulated`).
     """
     from fvedit.diffusion.spec import SamplerSpec
     from fvedit.pipeline.options import PipelineOptions
     from fvedit.pipeline.scheduler import edit_video, encode_video
     from fvedit.runtime.simulated import simulated_weights
 
-    weights, unet = simulated_weights(preset, ms, encoder_ms=encoder_ms)
+    weights, unet = simulated_weights(preset, ms, encoder_ms=encoder_ms, asynchronous=asynchronous)
     clock, work, src = unet.clock, Path(work_dir), Path(video)
     opts = PipelineOptions(sampler=SamplerSpec("dpm", steps), batch_size=batch, cache_dir=work / "cache",
                            faces=Path(faces) if faces else None, threads=threads, quiet=True, use_cache=from_cache)
@@ -992,17 +995,18 @@ def pipeline_child(
         clock.reset()
     out = work / f"{'re-edit' if from_cache else 'edit'}-{os.getpid()}.mp4"
     times = MarkedStageTimes()
-    t0 = time.perf_counter()
-    analysed: list[float] = []
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    analysed: list[tuple[float, float]] = []
 
     def unedited(enc):  # the edit step runs when the analysis is done: that closes the phase
-        analysed.append(time.perf_counter())
+        analysed.append((time.perf_counter(), time.process_time()))
         return _unedited(enc)
 
     enc, info, hit, _ = edit_video(src, out, weights, unet, opts, times, unedited, echo=quiet,
                                    writer_options={"threads": threads})
-    end = time.perf_counter()
-    edit_start = min([*analysed, *(times.first_start[s] for s in EDIT_PHASE_STAGES if s in times.first_start)])
+    end, cpu_end = time.perf_counter(), time.process_time()
+    edit_start = min([analysed[0][0], *(times.first_start[s] for s in EDIT_PHASE_STAGES if s in times.first_start)])
+    cpu_edit = cpu_end - analysed[0][1]  # CPU seconds of all threads (sleeps cost none)
     n = enc.num_frames
     per_frame = 1000 / max(n, 1)
     return {
@@ -1011,12 +1015,16 @@ def pipeline_child(
         "threads": threads, "batch": batch, "sampler": opts.sampler.key,
         "calls_per_frame": (0 if hit else opts.sampler.encode_calls) + opts.sampler.decode_calls,
         "from_cache": from_cache, "cache_hit": hit, "faces_replayed": faces is not None,
+        "device_calls_queued": asynchronous,
         "wall_ms_per_frame": (end - t0) * per_frame,
         "device_ms_per_frame": clock.busy_s * per_frame,
         "analyse_ms_per_frame": (edit_start - t0) * per_frame,
         "edit_ms_per_frame": (end - edit_start) * per_frame,
         "device_busy_edit": clock.busy_between(edit_start, end) / (end - edit_start) if end > edit_start else 0.0,
         "device_busy": clock.busy_between(t0, end) / (end - t0) if end > t0 else 0.0,
+        "host_cpu_ms_per_frame": (cpu_end - cpu0) * per_frame,
+        "host_cpu_ms_per_frame_edit": cpu_edit * per_frame,
+        "host_cores_busy_edit": cpu_edit / (end - analysed[0][0]) if end > analysed[0][0] else 0.0,
         "device_calls": clock.calls,
         "stages_ms_per_frame": {name: s * per_frame for name, s in times.seconds.items()},
         "output": str(out),
@@ -1036,6 +1044,7 @@ def bench_pipeline(
     work_dir: str | Path | None = None,
     options: Mapping[str, Any] | None = None,
     timeout: float | None = None,
+    asynchronous: bool = True,
 ) -> dict[str, Any]:
     """`pipeline_child` in a fresh process with `threads` CPU threads (torch, OpenMP, x264).
 
@@ -1044,7 +1053,7 @@ def bench_pipeline(
     so a re-edit then fills its own cache first (untimed)."""
     kwargs = {"video": str(video), "ms": float(ms), "threads": threads, "from_cache": from_cache, "batch": int(batch),
               "steps": int(steps), "faces": str(faces) if faces else None, "preset": preset,
-              "options": dict(options) if options else None}  # fmt: skip
+              "options": dict(options) if options else None, "asynchronous": bool(asynchronous)}  # fmt: skip
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
         return run_isolated("pipeline_child", dict(kwargs, work_dir=str(work_dir)), threads=threads, timeout=timeout)

@@ -32,7 +32,7 @@ def _inputs(b: int, size: int = 16, cond: int = 512, seed: int = 0):
 
 
 def test_unet_charges_batch_times_ms_per_call_and_records_its_intervals():
-    unet = SimulatedUNet(ms_per_frame=1.5)
+    unet = SimulatedUNet(ms_per_frame=1.5, asynchronous=False)
     t0 = time.perf_counter()
     for b in (1, 4, 2):
         unet(*_inputs(b))
@@ -48,6 +48,28 @@ def test_unet_charges_batch_times_ms_per_call_and_records_its_intervals():
     assert clock.busy_between(t1, t1 + 1) == 0.0
     clock.reset()
     assert (clock.busy_s, clock.calls, clock.intervals) == (0.0, 0, [])
+
+
+def test_an_asynchronous_unet_queues_its_calls_back_to_back_and_synchronize_waits_for_them():
+    """Like CUDA launches: the calls return at once, the device runs them one after the other
+    from the first call on, and synchronize() returns when the last one is done."""
+    unet = SimulatedUNet(ms_per_frame=20.0)  # asynchronous by default
+    x, t, c = _inputs(2)
+    t0 = time.perf_counter()
+    outs = [unet(x, t, c) for _ in range(3)]  # 3 x 40 ms of device time
+    queued = time.perf_counter()
+    unet.synchronize()
+    done = time.perf_counter()
+    spans = unet.clock.intervals
+    assert queued - t0 < 0.040  # far less than the 120 ms queued (the host ran ahead)
+    assert done - t0 >= 0.120 - 1e-3 and done >= spans[-1][1] - 1e-3
+    assert all(spans[i][1] == spans[i + 1][0] for i in range(2))  # back to back, never overlapping
+    assert [round(b - a, 9) for a, b in spans] == [0.04] * 3
+    assert torch.equal(outs[0], SimulatedUNet(0, asynchronous=False)(x, t, c))  # the same values either way
+    t1 = time.perf_counter()
+    unet(x, t, c)  # queued on an idle device: it starts now, not at the old queue's end
+    assert unet.clock.intervals[-1][0] >= t1
+    unet.synchronize()
 
 
 def test_unet_output_is_deterministic_of_the_right_shape_and_depends_on_t_and_cond():

@@ -35,16 +35,23 @@ def cut_crops(frames: np.ndarray | Sequence[np.ndarray], quads: np.ndarray, size
     """uint8 crops [N,S,S,3] of frames [N,H,W,3] (or N frames [H,W,3]) for quads [N,4,2],
     area-filtered by `factor`.
 
-    Warped one frame at a time from the frames as given: stacking a batch of 1080p frames first
-    would copy 6 MB per frame into fresh memory, which costs more than the warp itself."""
+    One frame at a time, from the frames as given: stacking a batch of 1080p frames, or of
+    k x k supersampled float crops (16 x 768 x 768 x 3 floats = 113 MB at k = 3), would put every
+    batch in fresh memory, which costs more than the warp itself. The box filter of one crop is
+    the same computation as in a batch, so the result does not depend on the batching."""
     big = size * factor
     hom = crop_homography(quads, big)
     if len(frames) != len(hom):
         raise ValueError(f"{len(frames)} frames for {len(hom)} quads")
-    crops = np.concatenate([pixels.warp_crops(np.ascontiguousarray(f)[None], hom[i : i + 1], big)
-                            for i, f in enumerate(frames)]) if len(hom) else np.zeros((0, big, big, 3), np.uint8)
-    if factor == 1:
-        return crops
+    out = np.empty((len(hom), size, size, 3), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        crop = pixels.warp_crops(np.ascontiguousarray(frame)[None], hom[i : i + 1], big)
+        out[i] = crop[0] if factor == 1 else _box_filter(crop, factor)[0]
+    return out
+
+
+def _box_filter(crops: np.ndarray, factor: int) -> np.ndarray:
+    """uint8 [N,kS,kS,3] -> [N,S,S,3]: the mean of each k x k block, rounded half up."""
     t = torch.from_numpy(crops).permute(0, 3, 1, 2).float()
     t = F.avg_pool2d(t, factor)
     return t.add_(0.5).floor_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()

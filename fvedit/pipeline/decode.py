@@ -7,6 +7,7 @@ import torch
 
 from fvedit.diffusion.spec import SamplerSpec
 from fvedit.pipeline.crop import tensor_to_crops
+from fvedit.runtime.device import synchronize
 
 
 def decode_batch(model, eps_model, sampler: SamplerSpec, x_T: np.ndarray, z_lnd: np.ndarray,
@@ -18,4 +19,5 @@ def decode_batch(model, eps_model, sampler: SamplerSpec, x_T: np.ndarray, z_lnd:
     with torch.no_grad():
         z_face = model.encoder.fuse(z_id[None], torch.from_numpy(z_lnd).to(device))
         decoded = sampler.decode(lambda x, t: eps_model(x, t, z_face), torch.from_numpy(x_T).to(device))
+        synchronize(eps_model)
         return tensor_to_crops(decoded[torch.from_numpy(keep)])

@@ -8,6 +8,7 @@ import torch
 
 from fvedit.diffusion.spec import SamplerSpec
 from fvedit.pipeline.crop import crops_to_tensor
+from fvedit.runtime.device import synchronize
 
 
 def invert_batch(model, eps_model, sampler: SamplerSpec, crops: np.ndarray, z_lnd: np.ndarray,
@@ -20,4 +21,5 @@ def invert_batch(model, eps_model, sampler: SamplerSpec, crops: np.ndarray, z_ln
         x0 = crops_to_tensor(crops, device)
         z_face = model.encoder.fuse(z_mean[None], torch.from_numpy(z_lnd).to(device))
         x_T = sampler.encode(lambda x, t: eps_model(x, t, z_face), x0)
+        synchronize(eps_model)
         return x_T[torch.from_numpy(keep)].cpu().numpy()

@@ -29,6 +29,16 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return dev
 
 
+def synchronize(eps_model) -> None:
+    """Wait for the device work an eps model has queued, before its results are read on the host.
+
+    On CUDA the `.cpu()` that reads a result waits by itself; a model with its own queue (the
+    simulated device, `fvedit.runtime.simulated`) says so with a `synchronize()` method."""
+    wait = getattr(eps_model, "synchronize", None)
+    if callable(wait):
+        wait()
+
+
 def available_cores() -> int:
     """The CPU cores this process may run on (its affinity mask where the OS has one)."""
     try:

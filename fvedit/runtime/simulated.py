@@ -2,17 +2,26 @@
 
 Why: whether a staged pipeline keeps the device busy can only be measured where the device is
 fast next to the host. On a CPU-only machine the real UNet takes the cores the host stages need;
-these stand-ins instead *sleep* for the time a GPU would take (time.sleep releases the GIL, as a
-synchronised CUDA call does), so host stages can overlap them, and they account that time.
+these stand-ins instead charge the time a GPU would take to a simulated device clock, and sleep
+(releasing the GIL) only where a CUDA host would wait, so host stages can overlap them.
 
-- `SimulatedDevice`: one device's clock. Work charged to it runs one piece at a time (a lock, as
-  one GPU runs one batch at a time), so the busy intervals never overlap and the busy fraction
-  of any window is at most 1.
+- `SimulatedDevice`: one device's clock and its queue. Work runs one piece at a time (as one GPU
+  runs one kernel stream), back to back, so the busy intervals never overlap and the busy
+  fraction of any window is at most 1. `enqueue` is a CUDA launch: the work is queued after what
+  is already queued and the call returns at once; `synchronize` is `torch.cuda.synchronize()`
+  (or the implicit one of `.cpu()`): it sleeps until the queue is empty. `run` is both.
 - `SimulatedUNet(ms_per_frame)`: eps(x, t, cond) = 0.1 x + small terms in t and cond,
   deterministic, and B x ms_per_frame milliseconds of device time per call of batch B.
+  Asynchronous by default, as a CUDA-graph replay is: the call queues its time and returns, the
+  sampler's arithmetic goes on on the host, and the pipeline's stages call `synchronize()`
+  (`fvedit.runtime.device.synchronize`) where they read the result back, where `.cpu()` would
+  wait on a GPU. On a GPU that arithmetic is device work too (microseconds per step); here it
+  is host work at CPU speed, so the host side of this simulation is, if anything, pessimistic.
+  `asynchronous=False`: every call sleeps its time at once (the host waits on each call).
 - `SimulatedEncoder`: identity / landmark features of the right shapes from pooled pixels, costing
-  `ms_per_frame` per frame split between `id_forward` and `lnd_forward`; `fuse` is a fixed Linear
-  (no device time: a tiny matmul). It has no face parser: the hull mask (demo weights) needs none.
+  `ms_per_frame` per frame split between `id_forward` and `lnd_forward` (synchronous: their
+  results are read at once); `fuse` is a fixed Linear (no device time: a tiny matmul). It has
+  no face parser: the hull mask (demo weights) needs none.
 - `simulated_weights(preset, ms)`: a `LoadedWeights` (is_demo, so the hull mask is used) whose
   model is the stand-in encoder plus the preset's config, and the `SimulatedUNet`, sharing a clock.
 
@@ -43,19 +52,31 @@ class SimulatedDevice:
         self._busy_s = 0.0
         self._calls = 0
         self._intervals: list[tuple[float, float]] = []
+        self._free_at = 0.0  # perf_counter time at which the queued work is done
 
-    def run(self, seconds: float) -> None:
-        """Occupy the device for `seconds`: wait for it, then sleep while holding it."""
+    def enqueue(self, seconds: float) -> None:
+        """Queue `seconds` of work after what is queued (now, if the device is idle); return at once."""
         if seconds < 0:
             raise InputError(f"device time must be >= 0, got {seconds}")
         with self._lock:
-            start = time.perf_counter()
-            if seconds > 0:
-                time.sleep(seconds)
-            end = time.perf_counter()
+            start = max(time.perf_counter(), self._free_at)
+            self._free_at = start + seconds
             self._busy_s += seconds
             self._calls += 1
-            self._intervals.append((start, end))
+            self._intervals.append((start, self._free_at))
+
+    def synchronize(self) -> None:
+        """Wait (sleeping, without the GIL) until all queued work is done."""
+        with self._lock:
+            free_at = self._free_at
+        delay = free_at - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+
+    def run(self, seconds: float) -> None:
+        """Occupy the device for `seconds` and wait for it: `enqueue` then `synchronize`."""
+        self.enqueue(seconds)
+        self.synchronize()
 
     @property
     def busy_s(self) -> float:
@@ -79,6 +100,7 @@ class SimulatedDevice:
         return sum(max(0.0, min(b, end) - max(a, start)) for a, b in self.intervals)
 
     def reset(self) -> None:
+        self.synchronize()
         with self._lock:
             self._busy_s, self._calls, self._intervals = 0.0, 0, []
 
@@ -90,24 +112,35 @@ def _check_ms(ms: float) -> float:
 
 
 class SimulatedUNet:
-    """The eps model stand-in: deterministic, right shape and dtype, B x ms_per_frame ms per call."""
+    """The eps model stand-in: deterministic, right shape and dtype, B x ms_per_frame ms per call,
+    queued (asynchronous, like a CUDA launch) or waited for at once."""
 
     name = SIMULATED_NAME
     dtype = torch.float32
 
-    def __init__(self, ms_per_frame: float, clock: SimulatedDevice | None = None):
+    def __init__(self, ms_per_frame: float, clock: SimulatedDevice | None = None, *, asynchronous: bool = True):
         self.ms_per_frame = _check_ms(ms_per_frame)
         self.clock = clock if clock is not None else SimulatedDevice()
+        self.asynchronous = bool(asynchronous)
 
     def __call__(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         b = x.shape[0]
-        self.clock.run(b * self.ms_per_frame / 1000)
+        seconds = b * self.ms_per_frame / 1000
+        if self.asynchronous:
+            self.clock.enqueue(seconds)
+        else:
+            self.clock.run(seconds)
         t_term = torch.as_tensor(t, dtype=torch.float32, device=x.device).reshape(-1, 1, 1, 1) * 1e-5
         c_term = 0.01 * cond.float().mean(dim=1).reshape(-1, 1, 1, 1)
         return (0.1 * x.float() + t_term + c_term).to(x.dtype)
 
+    def synchronize(self) -> None:
+        """Wait for the queued calls (where a GPU pipeline's `.cpu()` would wait)."""
+        self.clock.synchronize()
+
     def describe(self) -> str:
-        return f"simulated device, {self.ms_per_frame:g} ms per frame per UNet call (sleeps; no compute)"
+        mode = "queued like CUDA launches" if self.asynchronous else "each call waited for"
+        return f"simulated device, {self.ms_per_frame:g} ms per frame per UNet call ({mode}; no compute)"
 
 
 def _projection(rows: int, cols: int, seed: int) -> Tensor:
@@ -171,7 +204,7 @@ class SimulatedModel(nn.Module):
 
 
 def simulated_weights(preset: str = "dva256", ms: float = 2.3, *, encoder_ms: float | None = None,
-                      clock: SimulatedDevice | None = None) -> tuple[LoadedWeights, SimulatedUNet]:
+                      clock: SimulatedDevice | None = None, asynchronous: bool = True) -> tuple[LoadedWeights, SimulatedUNet]:
     """(weights, eps model) on one simulated device: `ms` per frame per UNet call, `encoder_ms`
     (default `ms`) per frame for both encoders together. The weights are marked demo (hull mask)
     and fingerprinted apart from the real demo weights, so their encodings never mix in a cache."""
@@ -193,4 +226,4 @@ def simulated_weights(preset: str = "dva256", ms: float = 2.3, *, encoder_ms: fl
     }
     weights = LoadedWeights(model=SimulatedModel(cfg, encoder).eval(), classifier=None, id_stats=None,
                             manifest=manifest, is_demo=True)
-    return weights, SimulatedUNet(ms, clock)
+    return weights, SimulatedUNet(ms, clock, asynchronous=asynchronous)
