@@ -44,7 +44,6 @@ from fvedit.pipeline.cache import (
     encoding_key,
     file_sha256,
     load_encoding,
-    mean_identity,
     weights_fingerprint,
 )
 from fvedit.pipeline.crop import crops_to_tensor, cut_crops, encode_crops, supersample_factor
@@ -237,7 +236,7 @@ class _Inverter:
                  times: StageTimes, progress: Callable[[int], None] | None = None):
         self.enc, self.weights, self.eps_model, self.opts, self.times = enc, weights, eps_model, opts, times
         self.batches = plan_batches(enc.present, opts.batch_size, opts.temporal_window)
-        self.z_mean = torch.from_numpy(mean_identity(enc.z_id, enc.present)).to(opts.device)
+        self.z_mean = torch.from_numpy(enc.z_id_mean).to(opts.device)
         self.progress = progress
         self.done = 0  # batches inverted
 
@@ -297,8 +296,8 @@ def edit_video(
         with times.stage("edit identity"):
             identity = edit(analysis.enc)
         inverter = None if analysis.cache_hit else _Inverter(analysis.enc, weights, eps_model, opts, times)
-        _edit_pass(video, output, analysis.enc, analysis.info, weights, eps_model, identity.z_id, opts, times,
-                   writer_options, inverter)
+        decode_and_paste(video, output, analysis.enc, analysis.info, weights, eps_model, identity.z_id, opts, times,
+                         writer_options, inverter=inverter)
         return analysis.finish(), analysis.info, inverter is None, identity
     except BaseException:
         analysis.abort()
@@ -316,27 +315,13 @@ def decode_and_paste(
     opts: PipelineOptions,
     times: StageTimes,
     writer_options: dict | None = None,
+    *,
+    inverter: _Inverter | None = None,
 ) -> Path:
-    """Decode every frame with the face of a complete encoding with the one edited identity,
-    paste back and write with audio; frames without the face are written exactly as decoded."""
-    return _edit_pass(video, output, enc, info, weights, eps_model, z_id, opts, times, writer_options, None)
-
-
-def _edit_pass(
-    video: Path,
-    output: Path,
-    enc: Encoding,
-    info: VideoInfo,
-    weights: LoadedWeights,
-    eps_model: EpsModel,
-    z_id: torch.Tensor,
-    opts: PipelineOptions,
-    times: StageTimes,
-    writer_options: dict | None,
-    inverter: _Inverter | None,
-) -> Path:
-    """The edit phase, chunk by chunk: [invert,] decode, paste, write. With an `inverter` the
-    pending encoding's x_T is made just before a batch is decoded (and written to the cache)."""
+    """The edit phase, chunk by chunk: [invert,] decode, paste, write with audio. Every frame with
+    the face is decoded with the one edited identity; frames without it are written exactly as
+    decoded. With an `inverter` (a pending encoding) x_T is made just before a batch is decoded
+    (and written to the cache); without one `enc` must be complete."""
     model, n, size = weights.model, enc.num_frames, weights.config.image_size
     width = info.width * (2 if opts.side_by_side else 1)
     hom = crop_homography(np.asarray(enc.quads), size)
