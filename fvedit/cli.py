@@ -113,7 +113,7 @@ def reconstruct(
         None, help="A face photo (PNG/JPEG). Default: the astronaut portrait that ships with scikit-image."
     ),
     output: Path = typer.Option(Path("fvedit-out/reconstruct.png"), "-o", "--output", help="Where to write the PNG (input | reconstruction)."),
-    sampler: str = typer.Option("dpm", "--sampler", help="'dpm' (DPM-Solver++, fast) or 'ddim' (the official sampler)."),
+    sampler: str = typer.Option("dpm", "--sampler", help="'dpm' (DPM-Solver++, fast), 'ddim' (the official sampler) or 'bdia' (BDIA-DDIM: exact inversion, two states cached per frame)."),
     steps: int = typer.Option(15, "--steps", min=2, max=1000, help="Model calls per direction (encode and decode each)."),
     preset: Optional[str] = PresetOpt,
     weights_dir: Optional[Path] = WeightsDirOpt,
@@ -133,7 +133,7 @@ def reconstruct(
 
 
 
-SamplerOpt = typer.Option("dpm", "--sampler", help="'dpm' (DPM-Solver++ 3rd order, fast) or 'ddim' (the official sampler).")
+SamplerOpt = typer.Option("dpm", "--sampler", help="'dpm' (DPM-Solver++ 3rd order, fast), 'ddim' (the official sampler) or 'bdia' (BDIA-DDIM, exact inversion).")
 StepsOpt = typer.Option(15, "--steps", min=2, max=1000, help="UNet calls per direction (inversion and decoding each). The official code uses DDIM with 1000.")
 BatchOpt = typer.Option(8, "--batch-size", "-b", min=1, help="Frames per UNet batch. Larger is faster on a GPU until memory runs out.")
 BackendOpt = typer.Option("auto", "--backend", help="UNet runtime: auto, reference (fp32 eager, exact), torch (fp16 + fused kernels on CUDA), onnxruntime, tensorrt.")

@@ -31,6 +31,7 @@ class ReconstructResult:
     psnr_db: float
     times: StageTimes
     is_demo: bool
+    max_abs_error: float = float("nan")  # float decode(encode(x)) - x, in the model's [-1, 1] range
 
 
 def load_image(path: Path | None) -> np.ndarray:
@@ -112,6 +113,7 @@ def run_reconstruct(
 
     rec = tensor_to_crops(x_rec)[0]
     value = psnr(crop[0], rec)
+    max_abs = float((x_rec.float() - x0).abs().max())  # float round trip, before rounding to uint8
     scale = max(1, 256 // size)
     side_by_side = np.concatenate([crop[0], rec], axis=1).repeat(scale, 0).repeat(scale, 1)
     with times.stage("write"):
@@ -119,8 +121,9 @@ def run_reconstruct(
 
     say(f"model: {weights.config.name} ({'untrained demo weights' if weights.is_demo else 'imported weights'}) on {dev}")
     say(f"sampler: {spec.key}, {spec.encode_calls} + {spec.decode_calls} UNet calls at {size}x{size}")
-    say(f"reconstruction PSNR: {value:.2f} dB (face crop)")
+    exact = f"; float max abs round-trip error {max_abs:.2e}" if spec.name == "bdia" else ""
+    say(f"reconstruction PSNR: {value:.2f} dB (face crop){exact}")
     for name, sec in times.seconds.items():
         say(f"  {name:<20} {sec * 1000:8.1f} ms")
     say(f"wrote {output}")
-    return ReconstructResult(output=output, psnr_db=value, times=times, is_demo=weights.is_demo)
+    return ReconstructResult(output=output, psnr_db=value, max_abs_error=max_abs, times=times, is_demo=weights.is_demo)

@@ -340,3 +340,20 @@ def test_odd_sizes_come_back_exactly(tmp_path, size, capsys):
     assert (info.width, info.height, info.frame_count) == (*size, 3)
     assert all(f.rgb.shape[:2] == (size[1], size[0]) for f in iter_frames(out))
     assert f"{size[0]}x{size[1]}" in text  # and the summary says the size it wrote
+
+
+def test_bdia_keeps_the_state_pair_in_the_cache_and_re_edits_from_it(face_video, tmp_path, recorded):
+    """`--sampler bdia` caches both states per frame ([N, 6, S, S]) under its own key, and a
+    re-edit from that cache writes the same frames as the first edit."""
+    from fvedit.pipeline.cache import load_encoding
+
+    o = opts(tmp_path, sampler=SamplerSpec("bdia", 3), batch_size=2)
+    first = run_edit(face_video, tmp_path / "first.mp4", EditRequest(["young"]), opts=o, **FAST)
+    first_frames = [f.copy() for f in recorded]
+    recorded.clear()
+    again = run_edit(face_video, tmp_path / "again.mp4", EditRequest(["young"]), opts=o, **FAST)
+    assert not first.cache_hit and again.cache_hit
+    enc = load_encoding(tmp_path / "cache", first.cache_folder.name)
+    assert enc.x_T.shape[1] == 6 and np.any(enc.x_T[:][:, 3:] != enc.x_T[:][:, :3])
+    assert len(recorded) == len(first_frames) == 6
+    assert all(np.array_equal(x, y) for x, y in zip(first_frames, recorded))

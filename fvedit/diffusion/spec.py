@@ -1,7 +1,7 @@
 """One object for "which sampler, how many steps": encode and decode a batch, and name it for caches.
 
 Callers (reconstruct, the edit pipeline, benchmarks) use `SamplerSpec` so that switching between the
-official DDIM and DPM-Solver++ is one flag, and an encode cache can tell whether its x_T fits.
+official DDIM, DPM-Solver++ and the exactly invertible BDIA-DDIM is one flag, and an encode cache can tell whether its x_T fits.
 """
 
 from __future__ import annotations
@@ -11,16 +11,19 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from fvedit.diffusion import EpsFn, ProgressFn, ddim_decode, ddim_encode, dpm_decode, dpm_encode
+from fvedit.diffusion.bdia import DEFAULT_BDIA_GRID, DEFAULT_GAMMA, bdia_decode, bdia_encode
 from fvedit.diffusion.dpm_solver import DEFAULT_GRID, DEFAULT_ORDER
 from fvedit.errors import InputError
 
-SAMPLERS = ("dpm", "ddim")
+SAMPLERS = ("dpm", "ddim", "bdia")
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
     """`dpm`: multistep DPM-Solver++ with `steps` calls each way (x_T at t=999).
-    `ddim`: the official DDIM with T=`steps` (encode T-1 calls, decode T; x_T at the last DDIM step)."""
+    `ddim`: the official DDIM with T=`steps` (encode T-1 calls, decode T; x_T at the last DDIM step).
+    `bdia`: BDIA-DDIM (`fvedit.diffusion.bdia`), exact inversion: decode `steps` calls, encode
+    steps + 1, and the encoding is a pair of states (twice the channels of x_T)."""
 
     name: str = "dpm"
     steps: int = 15
@@ -40,11 +43,18 @@ class SamplerSpec:
         """Identifies the x_T a spec produces (cache key part)."""
         if self.name == "ddim":
             return f"ddim{self.steps}"
+        if self.name == "bdia":
+            return f"bdia{self.steps}-g{DEFAULT_GAMMA:g}-{DEFAULT_BDIA_GRID}"
         return f"dpm{self.steps}-o{self.order}-{self.grid}"
 
     @property
+    def states(self) -> int:
+        """Images per encoding: BDIA keeps the pair (z_N, z_{N-1}) stacked on channels."""
+        return 2 if self.name == "bdia" else 1
+
+    @property
     def encode_calls(self) -> int:
-        return self.steps - 1 if self.name == "ddim" else self.steps
+        return {"ddim": self.steps - 1, "bdia": self.steps + 1}.get(self.name, self.steps)
 
     @property
     def decode_calls(self) -> int:
@@ -53,9 +63,13 @@ class SamplerSpec:
     def encode(self, eps_fn: EpsFn, x0: Tensor, progress: ProgressFn | None = None) -> Tensor:
         if self.name == "ddim":
             return ddim_encode(eps_fn, x0, self.steps, progress)
+        if self.name == "bdia":
+            return bdia_encode(eps_fn, x0, self.steps, progress=progress)
         return dpm_encode(eps_fn, x0, self.steps, self.order, self.grid, progress=progress)
 
     def decode(self, eps_fn: EpsFn, x_T: Tensor, progress: ProgressFn | None = None) -> Tensor:
         if self.name == "ddim":
             return ddim_decode(eps_fn, x_T, self.steps, progress)
+        if self.name == "bdia":
+            return bdia_decode(eps_fn, x_T, self.steps, progress=progress)
         return dpm_decode(eps_fn, x_T, self.steps, self.order, self.grid, progress=progress)

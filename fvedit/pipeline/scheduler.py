@@ -183,7 +183,7 @@ def analyse(video: Path, weights: LoadedWeights, eps_model: EpsModel, opts: Pipe
             "crops": ((n, size, size, 3), np.uint8),
             "z_id": ((n, weights.config.encoder.id_dim), np.float32),
             "z_lnd": ((n, weights.config.encoder.lnd_dim), np.float32),
-            "x_T": ((n, 3, size, size), np.float32),
+            "x_T": ((n, 3 * opts.sampler.states, size, size), np.float32),
         },
     )
     try:
