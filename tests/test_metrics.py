@@ -439,6 +439,16 @@ def test_table_names_every_metric(cat_report):
     text = console.export_text()
     for word in ("TL-ID", "TG-ID", "ID preservation", "PSNR (face)", "SSIM (face)", "MS-SSIM (face)", "warping error", "worst frames", "untrained"):
         assert word in text, word
+    for word in ("TL-ID (ratio; DVA, STIT)", "TL-ID (cosine; DiffFERV)", "TG-ID (ratio; DVA, STIT)", "TG-ID (cosine; DiffFERV)"):
+        assert word in text, word
+
+
+def test_both_published_forms_of_tl_and_tg_id_are_named(cat_report):
+    """DVA/STIT's ratio form is the edit's cosine over the original's; DiffFERV's is the raw cosine."""
+    s = cat_report.summary()
+    assert s["tl_id_cosine_diffferv"] == s["tl_cos_edited"] and s["tg_id_cosine_diffferv"] == s["tg_cos_edited"]
+    assert s["tl_id_ratio_dva_stit"] == pytest.approx(s["tl_cos_edited"] / s["tl_cos_original"], rel=1e-12)
+    assert s["tg_id_ratio_dva_stit"] == pytest.approx(s["tg_cos_edited"] / s["tg_cos_original"], rel=1e-12)
 
 
 # ------------------------------------------------------------------------------ bad input
