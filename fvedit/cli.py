@@ -215,6 +215,7 @@ def edit(
     faces: Optional[Path] = FacesOpt,
     feather: float = typer.Option(8.0, "--feather", min=0.0, help="Width in pixels (of a 256 px crop) of the soft edge of the paste-back mask; 0 = hard official mask."),
     mask: str = typer.Option("auto", "--mask", help="Paste-back mask: 'parser' (face parser, as official), 'hull' (landmark hull) or 'auto' (parser with real weights, hull with demo weights)."),
+    paste: str = typer.Option("full", "--paste", help="'full' scales the decoded 256 px face into the frame (official; soft on HD faces); 'delta' adds only the edit's change (edit - input crop) to the original frame, so its full-resolution detail stays and an edit that changes nothing returns the frame exactly."),
     crf: int = typer.Option(18, "--crf", min=0, max=51, help="H.264 quality (lower is better, 18 is visually lossless)."),
     x264_preset: str = typer.Option(
         "faster", "--x264-preset",
@@ -245,9 +246,11 @@ def edit(
     out = output or video.with_name(f"{video.stem}.edited.mp4")
     opts = _options(sampler=sampler, steps=steps, face=face, batch_size=batch_size, cache_dir=cache_dir,
                     use_cache=not no_cache, feather_px=feather, mask=mask, crf=crf, x264_preset=x264_preset, side_by_side=side_by_side,
-                    quiet=quiet, max_gap=max_gap, threads=threads, faces=faces, align=align)
+                    quiet=quiet, max_gap=max_gap, threads=threads, faces=faces, align=align, paste=paste)
     if mask not in ("auto", "parser", "hull"):
         raise InputError(f"unknown --mask {mask!r}: use auto, parser or hull")
+    if paste not in ("full", "delta"):
+        raise InputError(f"unknown --paste {paste!r}: use full or delta")
     if no_cache and from_cache:
         raise InputError("--no-cache and --from-cache contradict each other; use one")
     opts.require_cache = from_cache

@@ -217,3 +217,47 @@ def test_round_trip_unchanged_crop(backend):
     # and the round trip is not a no-op: a blank crop would be far off
     black = paste.paste_back(frame, np.zeros_like(crop), alpha, h_c2f)
     assert _psnr(black[interior], frame[interior]) < 15.0
+
+
+def _delta_case(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    size = 32
+    quad = np.array([[20.0, 15.0], [18.0, 70.0], [75.0, 72.0], [77.0, 17.0]])
+    hom = crop_homography(quad, size)
+    edited = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    reference = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    alpha = paste.feather(np.pad(np.ones((size - 8, size - 8), np.float32), 4), 3.0)
+    return hom, edited, reference, alpha
+
+
+def test_delta_paste_on_a_plate_equal_to_the_reference_is_the_full_paste():
+    """Where the frame is what the reference crop shows (a flat plate of one colour c), frame +
+    a (edit - c) and frame (1 - a) + a edit are the same number, so the two modes must agree to
+    the one level that rounding the two float expressions can differ by; elsewhere the delta
+    paste keeps the frame exactly."""
+    hom, edited, _, alpha = _delta_case()
+    c = 97
+    frame = np.full((90, 100, 3), c, np.uint8)
+    reference = np.full_like(edited, c)
+    full = paste.paste_back(frame, edited, alpha, hom)
+    delta = paste.paste_delta(frame, edited, reference, alpha, hom)
+    diff = np.abs(full.astype(int) - delta.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+    assert np.any(delta != frame)  # the edit did land
+    assert np.array_equal(delta[:10], frame[:10])  # outside the mask's reach nothing moves
+
+
+def test_delta_paste_adds_the_change_to_the_frames_own_detail():
+    """On a textured frame the delta paste is frame + a * bilinear(edit - reference): check it
+    against the full paste of the two crops (linear in the crop, so blend(edit) - blend(ref) =
+    a * bilinear(edit - ref)) to within the two rounding steps, and a zero change returns the frame."""
+    hom, edited, reference, alpha = _delta_case(1)
+    rng = np.random.default_rng(2)
+    frame = rng.integers(0, 256, (90, 100, 3), dtype=np.uint8)
+    plate = np.zeros_like(frame)
+    change = (paste.paste_back(plate, edited, alpha, hom).astype(int)
+              - paste.paste_back(plate, reference, alpha, hom).astype(int))
+    expected = np.clip(frame.astype(int) + change, 0, 255)
+    got = paste.paste_delta(frame, edited, reference, alpha, hom).astype(int)
+    assert np.abs(got - expected).max() <= 2
+    assert np.array_equal(paste.paste_delta(frame, edited, edited, alpha, hom), frame)

@@ -357,3 +357,18 @@ def test_bdia_keeps_the_state_pair_in_the_cache_and_re_edits_from_it(face_video,
     assert enc.x_T.shape[1] == 6 and np.any(enc.x_T[:][:, 3:] != enc.x_T[:][:, :3])
     assert len(recorded) == len(first_frames) == 6
     assert all(np.array_equal(x, y) for x, y in zip(first_frames, recorded))
+
+
+def test_delta_paste_of_an_exact_reconstruction_returns_the_input_frames(face_video, tmp_path, recorded):
+    """`--paste delta` adds only edit - input crop. With BDIA's exact inversion, a run without an
+    attribute decodes each crop back to itself (round trip well under half an 8-bit level), so
+    every frame must come back bit for bit; `--paste full` resamples the face and cannot."""
+    inputs = [f.rgb.copy() for f in iter_frames(face_video)]
+    sampler = SamplerSpec("bdia", 3)
+    run_edit(face_video, tmp_path / "delta.mp4", EditRequest([]), opts=opts(tmp_path, sampler=sampler, paste="delta"), **FAST)
+    delta = [f.copy() for f in recorded]
+    recorded.clear()
+    run_edit(face_video, tmp_path / "full.mp4", EditRequest([]), opts=opts(tmp_path, sampler=sampler), **FAST)
+    assert len(delta) == len(recorded) == len(inputs) == 6
+    assert all(np.array_equal(a, b) for a, b in zip(delta, inputs))
+    assert not all(np.array_equal(a, b) for a, b in zip(recorded, inputs))

@@ -203,10 +203,30 @@ def alpha_masks(landmarks: np.ndarray, quads: np.ndarray, size: int, feather_px:
     return np.stack([feather(m, width) * w for m, w in zip(masks, fade)]).astype(np.float32)
 
 
+PASTE_MODES = ("full", "delta")
+
+
+def paste_delta(frame, edited_crop, reference_crop, alpha, H_crop_to_frame, *, inplace: bool = False):
+    """Delta paste of one frame: frame + alpha * upsampled(edited - reference). With the input
+    crop as reference the frame keeps its full-resolution detail and only the edit's change is
+    scaled up; an edit that changes nothing returns the frame bit for bit."""
+    delta = edited_crop.astype(np.float32) - reference_crop.astype(np.float32)
+    inv = np.linalg.inv(_as_numpy(H_crop_to_frame).astype(np.float64))
+    out = pixels.paste_delta_batch(frame[None], delta[None], np.asarray(alpha, np.float32)[None], inv[None])
+    if inplace:
+        frame[...] = out[0]
+        return frame
+    return out[0]
+
+
 def paste_frames(frames: list[np.ndarray], start: int, frame_ids: np.ndarray, edited: np.ndarray,
-                 alpha: np.ndarray, hom: np.ndarray) -> None:
+                 alpha: np.ndarray, hom: np.ndarray, reference: np.ndarray | None = None) -> None:
     """Stage: paste edited crops [K,S,S,3] with alpha [K,S,S] into `frames` (a chunk whose first
     frame is `start`) at the K frame indices `frame_ids`, in place, one frame at a time (no stacked
-    copy of full-resolution frames). hom: crop-to-frame homographies of the whole video [N,3,3]."""
+    copy of full-resolution frames). hom: crop-to-frame homographies of the whole video [N,3,3].
+    With `reference` crops [K,S,S,3] (--paste delta) only edited - reference is added."""
     for j, i in enumerate(frame_ids):
-        paste_back(frames[i - start], edited[j], alpha[j], hom[i], inplace=True)
+        if reference is None:
+            paste_back(frames[i - start], edited[j], alpha[j], hom[i], inplace=True)
+        else:
+            paste_delta(frames[i - start], edited[j], reference[j], alpha[j], hom[i], inplace=True)

@@ -358,7 +358,8 @@ def decode_and_paste(
                 if alpha is None:
                     alpha = alpha_masks(enc.landmarks[batch.frames], enc.quads[batch.frames], size, opts.feather_px,
                                         fade[batch.frames])
-                paste_frames(out, start, batch.frames, edited, alpha, hom)
+                reference = enc.crops.take(batch.frames) if opts.paste == "delta" else None
+                paste_frames(out, start, batch.frames, edited, alpha, hom, reference)
         with times.stage("write"):
             for f, rgb in zip(chunk, out):
                 if opts.side_by_side:

@@ -18,7 +18,7 @@ import torch
 from fvedit.errors import InputError
 from fvedit.pixels import ext, twin
 
-__all__ = ["backend", "crop_homography", "paste_blend", "paste_blend_batch", "warp_crops"]
+__all__ = ["backend", "crop_homography", "paste_blend", "paste_blend_batch", "paste_delta_batch", "warp_crops"]
 
 log = logging.getLogger("fvedit.pixels")
 _warned: set[str] = set()
@@ -189,6 +189,26 @@ def paste_blend_batch(
         res = twin.paste_blend_batch(
             _to_torch(frames), _to_torch(crops).cpu(), _to_torch(alphas).cpu().float(), torch.from_numpy(h64)
         )
+    if inplace:
+        frames[...] = res if is_tensor else res.numpy()
+        return frames
+    return res if is_tensor else res.numpy()
+
+
+def paste_delta_batch(frames: Array, deltas: Array, alphas: Array, H_frame_to_crop: Array, *, inplace: bool = False) -> Array:
+    """Delta paste: frames [N,H,W,3] uint8 + alphas [N,S,S] * bilinear(deltas [N,S,S,3] float32).
+
+    Only the PyTorch twin implements it (on the frames' device); there is no C++/CUDA kernel
+    for it yet, so it costs more host time than `paste_blend_batch` on CPU."""
+    n, h, w = _check_frames(frames, "frames")
+    if tuple(deltas.shape[:1]) != (n,) or deltas.ndim != 4 or deltas.shape[-1] != 3:
+        raise InputError(f"deltas must be [N,S,S,3] for {n} frames, got shape {tuple(deltas.shape)}")
+    _, h64 = _homographies(H_frame_to_crop, n, "H_frame_to_crop")
+    is_tensor = isinstance(frames, torch.Tensor)
+    src = _to_torch(frames)
+    dev = src.device
+    res = twin.paste_delta_batch(src, _to_torch(deltas).to(dev, torch.float32), _to_torch(alphas).to(dev, torch.float32),
+                                 torch.from_numpy(h64))
     if inplace:
         frames[...] = res if is_tensor else res.numpy()
         return frames

@@ -131,6 +131,20 @@ def paste_blend_batch(
     alpha bilinear with zero padding; out = frame*(1-a) + crop*a, rounded. Pixels whose
     alpha is 0 keep their exact input value.
     """
+    return _paste_batch(frames, crops, alphas, hom_frame_to_crop, lambda f, col, a3: f * (1.0 - a3) + col * a3)
+
+
+def paste_delta_batch(
+    frames: torch.Tensor, deltas: torch.Tensor, alphas: torch.Tensor, hom_frame_to_crop: torch.Tensor
+) -> torch.Tensor:
+    """Add signed float crops deltas [N,S,S,3] (edit - reference, in 0-255 units) into frames
+    [N,H,W,3] with alphas [N,S,S]: out = frame + a * delta, rounded and clipped. Sampled as
+    `paste_blend_batch`; the frame keeps its own full-resolution detail, only the change is
+    upsampled, and a zero delta returns the frame exactly."""
+    return _paste_batch(frames, deltas, alphas, hom_frame_to_crop, lambda f, col, a3: f + col * a3)
+
+
+def _paste_batch(frames, crops, alphas, hom_frame_to_crop, combine) -> torch.Tensor:
     n, h, w, _ = frames.shape
     s = crops.shape[1]
     dev = frames.device
@@ -155,7 +169,7 @@ def paste_blend_batch(
         region = out[i, by0 : by1 + 1, bx0 : bx1 + 1].reshape(1, -1, 3)
         f = region.to(torch.float32)
         a3 = a.unsqueeze(-1)
-        blended = _round_u8(f * (1.0 - a3) + col * a3)
+        blended = _round_u8(combine(f, col, a3))
         region = torch.where(a3 > 0.0, blended, region)
         out[i, by0 : by1 + 1, bx0 : bx1 + 1] = region.reshape(by1 - by0 + 1, bx1 - bx0 + 1, 3)
     return out
