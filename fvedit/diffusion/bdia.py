@@ -20,10 +20,11 @@ t_N = 999. Decoding from the pair makes N - 1 model calls (t_{N-1} .. t_1) and e
 image itself; encoding makes N (one DDIM step t_0 -> t_1, then t_1 .. t_{N-1}).
 `steps` counts decode calls, so N = steps + 1.
 
-gamma: round-off in the encode recursion grows by about 1/gamma per step, so gamma must not be
-small; 1/gamma^15 is 4.9 at 0.9 and 2e4 at 0.5. At gamma = 1 the two-step recursion has an
-undamped alternating mode. DEFAULT_GAMMA is pinned by `bench/bdia_gamma.py` (fp32 vs fp64 round
-trips and decode error against the exact ODE on Gaussians); see the README's sampler table.
+gamma: the encode recursion divides by gamma at every step, so whatever g does not contract
+can grow like 1/gamma^N (on the untrained tiny UNet, gamma = 0.5 blows the pair up to |z_N| ~ 5e3
+at 20 calls); at gamma = 1 the two-step recursion has an undamped alternating mode and decodes
+least accurately. DEFAULT_GAMMA is pinned by `bench/bdia_gamma.py` (fp32 vs fp64 round trips and
+decode error against the exact ODE on Gaussians, pair size on the tiny UNet; README table).
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def bdia_encode(eps_fn: EpsFn, x0: Tensor, steps: int, gamma: float = DEFAULT_GA
     """Image [B,C,H,W] in [-1, 1] -> the state pair [B,2C,H,W] = (z_N, z_{N-1}); steps + 1 calls."""
     _check(x0)
     plan = make_bdia_plan(steps, gamma, grid)
-    n, calls = len(plan.ts) - 1, len(plan.ts) - 1
+    n = calls = len(plan.ts) - 1
     lower, mid = x0, _g(eps_fn, x0, plan, 0, clamp)  # z_0, z_1 (plain DDIM step)
     if progress is not None:
         progress(1, calls)
