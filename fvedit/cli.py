@@ -260,6 +260,43 @@ def edit(
 
 
 @app.command()
+def preview(
+    video: Path = typer.Argument(..., help="The input video."),
+    attr: str = typer.Option(..., "--attr", help="The one attribute to preview (see `fvedit attrs`), e.g. young."),
+    strengths: str = typer.Option("-0.6,-0.3,0,0.3,0.6", "--strengths", help="Comma-separated edit strengths, one column each (0 = the reconstruction)."),
+    frames: int = typer.Option(3, "--frames", min=1, help="Keyframes, one row each, spread over the frames that have the face."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The PNG contact sheet (default: <video>.preview.png)."),
+    sampler: str = SamplerOpt,
+    steps: int = StepsOpt,
+    backend: str = BackendOpt,
+    precision: str = PrecisionOpt,
+    face: str = FaceOpt,
+    max_gap: int = MaxGapOpt,
+    align: str = AlignOpt,
+    faces: Optional[Path] = FacesOpt,
+    cache_dir: Optional[Path] = CacheDirOpt,
+    preset: Optional[str] = PresetOpt,
+    weights_dir: Optional[Path] = WeightsDirOpt,
+    device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Preview one attribute at several strengths on a few keyframes before the long edit: a labelled PNG.
+
+    The identity is the whole video's mean, as in the edit, so the video is analysed once (or read
+    from the encode cache of `fvedit encode` / an earlier edit); only the keyframes are inverted.
+    """
+    from fvedit.pipeline.preview import parse_strengths, run_preview
+
+    values = parse_strengths(strengths)
+    out = output or video.with_name(f"{video.stem}.preview.png")
+    opts = _options(sampler=sampler, steps=steps, face=face, cache_dir=cache_dir, quiet=quiet, precision=precision,
+                    max_gap=max_gap, align=align, threads=threads, faces=faces)
+    run_preview(video, out, attr, strengths=values, keyframes=frames, preset=preset, weights_dir=weights_dir,
+                device=device, backend=backend, opts=opts)
+
+
+@app.command()
 def encode(
     video: Path = typer.Argument(..., help="The input video."),
     sampler: str = SamplerOpt,
