@@ -470,9 +470,18 @@ def test_peak_memory_of_400_frames_within_20_percent_of_100(tmp_path):
     Each length runs in a fresh process (its own peak RSS), 160x120, DPM-Solver++ 2 steps, batch 16,
     with a stand-in eps (the UNet's memory is bounded by the batch, not the length); everything
     else is the real pipeline. bench/bench_edit.py runs 100 vs 1000 frames with the real UNet.
+
+    Each pair runs twice and the lower peak of each length counts: a peak's noise is one-sided
+    (a transient spike when the threads happen to hold their queues full at once; the 100-frame
+    peak alone varied 595-646 MiB between runs here, and 1200 frames measured 694 MiB, so it is
+    not growth), while growth with length would show in both runs.
     """
-    res = bm.memory_scaling([100, 400], batch=16, stand_in_unet=True, parallel=True, work_dir=tmp_path, timeout=600)
-    short, long = res["runs"]
-    assert (short["frames"], long["frames"]) == (100, 400)
-    assert res["ratio"] == pytest.approx(long["peak_host_mb"] / short["peak_host_mb"])
-    assert res["ratio"] <= 1.2, f"peak host memory {short['peak_host_mb']:.0f} -> {long['peak_host_mb']:.0f} MiB"
+    results = [bm.memory_scaling([100, 400], batch=16, stand_in_unet=True, parallel=True, work_dir=tmp_path,
+                                 timeout=600) for i in range(2)]
+    for res in results:
+        short, long = res["runs"]
+        assert (short["frames"], long["frames"]) == (100, 400)
+        assert res["ratio"] == pytest.approx(long["peak_host_mb"] / short["peak_host_mb"])
+    short_mb = min(res["runs"][0]["peak_host_mb"] for res in results)
+    long_mb = min(res["runs"][1]["peak_host_mb"] for res in results)
+    assert long_mb / short_mb <= 1.2, f"peak host memory {short_mb:.0f} -> {long_mb:.0f} MiB"
