@@ -249,8 +249,10 @@ def edit(
                     quiet=quiet, max_gap=max_gap, threads=threads, faces=faces, align=align, paste=paste)
     if mask not in ("auto", "parser", "hull"):
         raise InputError(f"unknown --mask {mask!r}: use auto, parser or hull")
-    if paste not in ("full", "delta"):
-        raise InputError(f"unknown --paste {paste!r}: use full or delta")
+    from fvedit.pipeline.paste import PASTE_MODES
+
+    if paste not in PASTE_MODES:
+        raise InputError(f"unknown --paste {paste!r}: use {' or '.join(PASTE_MODES)}")
     if no_cache and from_cache:
         raise InputError("--no-cache and --from-cache contradict each other; use one")
     opts.require_cache = from_cache

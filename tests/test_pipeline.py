@@ -201,6 +201,8 @@ def test_cli_argument_errors(face_video, tmp_path, capsys):
     assert code == 2 and "not both" in text
     code, text = run_cli(base + ["--from-cache"], capsys)
     assert code == 2 and "fvedit encode" in text
+    code, text = run_cli(base + ["--paste", "soft"], capsys)
+    assert code == 2 and "unknown --paste 'soft': use full or delta" in text
     code, text = run_cli(["edit", str(face_video), "-o", str(face_video), "--preset", "tiny"], capsys)
     assert code == 2 and "overwrite" in text
     assert not (tmp_path / "o.mp4").exists()

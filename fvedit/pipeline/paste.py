@@ -156,6 +156,20 @@ def feather(mask, width_px: float, border_px: int = 2) -> np.ndarray:
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 
 
+def _frame_to_crop(H_crop_to_frame, batch: int | None) -> np.ndarray:
+    """The checked inverse of a crop-to-frame homography ([3,3], or [batch,3,3]): what the paste
+    kernels sample the crop with."""
+    hom = _as_numpy(H_crop_to_frame).astype(np.float64)
+    if hom.shape != ((batch, 3, 3) if batch is not None else (3, 3)):
+        raise InputError(f"H_crop_to_frame must be [3,3] per frame, got shape {hom.shape}")
+    if not np.isfinite(hom).all():
+        raise InputError("H_crop_to_frame contains NaN or inf")
+    try:
+        return np.linalg.inv(hom)
+    except np.linalg.LinAlgError:
+        raise InputError("H_crop_to_frame is singular; cannot map the frame into the crop") from None
+
+
 def paste_back(frame, edited_crop, alpha, H_crop_to_frame, *, inplace: bool = False):
     """Blend `edited_crop` into `frame` where `alpha` > 0; other pixels stay bit-identical.
 
@@ -164,16 +178,8 @@ def paste_back(frame, edited_crop, alpha, H_crop_to_frame, *, inplace: bool = Fa
     ([N,3,3]) maps crop pixel centres to frame pixel centres (the matrix the crop was
     warped with). NumPy or torch in, the same kind out.
     """
-    hom = _as_numpy(H_crop_to_frame).astype(np.float64)
     batched = frame.ndim == 4
-    if hom.shape != ((frame.shape[0], 3, 3) if batched else (3, 3)):
-        raise InputError(f"H_crop_to_frame must be [3,3] per frame, got shape {hom.shape}")
-    if not np.isfinite(hom).all():
-        raise InputError("H_crop_to_frame contains NaN or inf")
-    try:
-        inv = np.linalg.inv(hom)
-    except np.linalg.LinAlgError:
-        raise InputError("H_crop_to_frame is singular; cannot map the frame into the crop") from None
+    inv = _frame_to_crop(H_crop_to_frame, frame.shape[0] if batched else None)
     if isinstance(alpha, np.ndarray) and alpha.dtype != np.float32:
         alpha = alpha.astype(np.float32)
     if batched:
@@ -211,7 +217,7 @@ def paste_delta(frame, edited_crop, reference_crop, alpha, H_crop_to_frame, *, i
     crop as reference the frame keeps its full-resolution detail and only the edit's change is
     scaled up; an edit that changes nothing returns the frame bit for bit."""
     delta = edited_crop.astype(np.float32) - reference_crop.astype(np.float32)
-    inv = np.linalg.inv(_as_numpy(H_crop_to_frame).astype(np.float64))
+    inv = _frame_to_crop(H_crop_to_frame, None)
     out = pixels.paste_delta_batch(frame[None], delta[None], np.asarray(alpha, np.float32)[None], inv[None])
     if inplace:
         frame[...] = out[0]
