@@ -21,22 +21,27 @@ from fvedit.diffusion import dpm_decode  # noqa: E402
 from test_bdia import DtypeGaussian  # noqa: E402
 
 CALLS = (10, 15, 20, 50)
-DEFAULT = dict(order=3, grid="logSNR", denoise_final=True, lower_order_final=None, clamp=True)
+DEFAULT = dict(order=3, grid="logSNR", denoise_final=False, lower_order_final=None, corrector=True,
+               clamp=False)
 OPTIONS = {
-    "default (order 3, logSNR, x0 step, clamp)": {},
+    "default (order 3 + corrector, logSNR, no x0 step, no clamp)": {},
+    "no corrector (the old default had none)": dict(corrector=False),
+    "old default (no corrector, x0 step, clamp)": dict(corrector=False, denoise_final=True, clamp=True),
     "order 2": dict(order=2),
+    "order 1 (DDIM steps)": dict(order=1),
     "lower_order_final on": dict(lower_order_final=True),
     "lower_order_final off": dict(lower_order_final=False),
-    "no final x0 step": dict(denoise_final=False),
+    "final x0 step": dict(denoise_final=True),
     "grid time_uniform": dict(grid="time_uniform"),
     "grid time_quadratic": dict(grid="time_quadratic"),
-    "no clamp": dict(clamp=False),
+    "clamp x0": dict(clamp=True),
 }
 
 
 def problems():
     yield "inside A", DtypeGaussian(seed=0)
     yield "inside B", DtypeGaussian(mu_range=0.3, s_range=(0.1, 0.3), seed=3)
+    yield "inside C", DtypeGaussian(mu_range=0.7, s_range=(0.02, 0.1), seed=11)
     yield "outside [-1,1]", DtypeGaussian(mu_range=(0.9, 1.3), s_range=(0.1, 0.3), seed=7)
 
 

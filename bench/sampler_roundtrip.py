@@ -103,18 +103,25 @@ def pairings() -> dict[str, Pairing]:
             def enc(e, x, n, o=order, g=grid):
                 return dpm_encode(e, x, n, o, g)
 
+            def enc_clamp(e, x, n, o=order, g=grid):  # the first default: x0 clamped
+                return dpm_encode(e, x, n, o, g, clamp=True)
+
             def enc_mirror(e, x, n, o=order, g=grid):  # DDIM-like: N-1 calls on the decoder's grid
-                return dpm_encode(e, x, n - 1, o, g)
+                return dpm_encode(e, x, n - 1, o, g, clamp=True)
+
+            def dec_default(e, x, n, o=order, g=grid):  # corrector, no x0 call, no clamp
+                return dpm_decode(e, x, n, o, g)
 
             def dec_plain(e, x, n, o=order, g=grid):
-                return dpm_decode(e, x, n, o, g, denoise_final=False)
+                return dpm_decode(e, x, n, o, g, corrector=False, clamp=True)
 
             def dec_denoise(e, x, n, o=order, g=grid):
-                return dpm_decode(e, x, n, o, g, denoise_final=True)
+                return dpm_decode(e, x, n, o, g, corrector=False, clamp=True, denoise_final=True)
 
             base = f"dpm{order}-{grid}"
-            out[f"{base}-plain"] = Pairing(f"{base}-plain", enc, dec_plain)
-            out[f"{base}-denoise"] = Pairing(f"{base}-denoise", enc, dec_denoise)
+            out[f"{base}-default"] = Pairing(f"{base}-default", enc, dec_default)
+            out[f"{base}-plain"] = Pairing(f"{base}-plain", enc_clamp, dec_plain)
+            out[f"{base}-denoise"] = Pairing(f"{base}-denoise", enc_clamp, dec_denoise)
             out[f"{base}-mirror"] = Pairing(f"{base}-mirror", enc_mirror, dec_denoise)
     return out
 

@@ -413,7 +413,9 @@ def test_decoded_frames_match_reference(model, inputs, profile):
     _, _, cond = inputs
     x_T = torch.randn(2, 3, S, S, generator=torch.Generator().manual_seed(11))
     cond = cond[:1]
-    spec = SamplerSpec("dpm", steps=3)
+    # with DVA's x0 clamp: the untrained weights' x0 predictions run far outside [-1, 1], and the
+    # clamp is what bounds how far the bf16 eps error can carry (the default decode does not clamp)
+    spec = SamplerSpec("dpm", steps=3, clamp=True)
     calls = []  # (t, eps) of each reference call: the times and sizes the tolerance scales with
     reference = eps_fn(make_backend("reference", model, "cpu"), cond)
 

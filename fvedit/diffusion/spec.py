@@ -12,7 +12,7 @@ from torch import Tensor
 
 from fvedit.diffusion import EpsFn, ProgressFn, ddim_decode, ddim_encode, dpm_decode, dpm_encode
 from fvedit.diffusion.bdia import DEFAULT_BDIA_GRID, DEFAULT_GAMMA, bdia_decode, bdia_encode
-from fvedit.diffusion.dpm_solver import DEFAULT_GRID, DEFAULT_ORDER
+from fvedit.diffusion.dpm_solver import DEFAULT_CLAMP, DEFAULT_CORRECTOR, DEFAULT_GRID, DEFAULT_ORDER
 from fvedit.errors import InputError
 
 SAMPLERS = ("dpm", "ddim", "bdia")
@@ -20,7 +20,8 @@ SAMPLERS = ("dpm", "ddim", "bdia")
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """`dpm`: multistep DPM-Solver++ with `steps` calls each way (x_T at t=999).
+    """`dpm`: multistep DPM-Solver++ with `steps` calls each way (x_T at t=999); `corrector` (decode
+    only) and `clamp` as in `fvedit.diffusion.dpm_solver` (defaults: bench/decode_accuracy.py).
     `ddim`: the official DDIM with T=`steps` (encode T-1 calls, decode T; x_T at the last DDIM step).
     `bdia`: BDIA-DDIM (`fvedit.diffusion.bdia`), exact inversion: decode `steps` calls, encode
     steps + 1, and the encoding is a pair of states (twice the channels of x_T)."""
@@ -29,6 +30,8 @@ class SamplerSpec:
     steps: int = 15
     order: int = DEFAULT_ORDER
     grid: str = DEFAULT_GRID
+    corrector: bool = DEFAULT_CORRECTOR
+    clamp: bool = DEFAULT_CLAMP
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLERS:
@@ -45,7 +48,8 @@ class SamplerSpec:
             return f"ddim{self.steps}"
         if self.name == "bdia":
             return f"bdia{self.steps}-g{DEFAULT_GAMMA:g}-{DEFAULT_BDIA_GRID}"
-        return f"dpm{self.steps}-o{self.order}-{self.grid}"
+        # only what the encode depends on: the decode's corrector does not change x_T
+        return f"dpm{self.steps}-o{self.order}-{self.grid}-" + ("clamp" if self.clamp else "noclamp")
 
     @property
     def states(self) -> int:
@@ -65,11 +69,13 @@ class SamplerSpec:
             return ddim_encode(eps_fn, x0, self.steps, progress)
         if self.name == "bdia":
             return bdia_encode(eps_fn, x0, self.steps, progress=progress)
-        return dpm_encode(eps_fn, x0, self.steps, self.order, self.grid, progress=progress)
+        return dpm_encode(eps_fn, x0, self.steps, self.order, self.grid, clamp=self.clamp,
+                          progress=progress)
 
     def decode(self, eps_fn: EpsFn, x_T: Tensor, progress: ProgressFn | None = None) -> Tensor:
         if self.name == "ddim":
             return ddim_decode(eps_fn, x_T, self.steps, progress)
         if self.name == "bdia":
             return bdia_decode(eps_fn, x_T, self.steps, progress=progress)
-        return dpm_decode(eps_fn, x_T, self.steps, self.order, self.grid, progress=progress)
+        return dpm_decode(eps_fn, x_T, self.steps, self.order, self.grid, corrector=self.corrector,
+                          clamp=self.clamp, progress=progress)
