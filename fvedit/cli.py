@@ -215,7 +215,7 @@ def edit(
     faces: Optional[Path] = FacesOpt,
     feather: float = typer.Option(8.0, "--feather", min=0.0, help="Width in pixels (of a 256 px crop) of the soft edge of the paste-back mask; 0 = hard official mask."),
     mask: str = typer.Option("auto", "--mask", help="Paste-back mask: 'parser' (face parser, as official), 'hull' (landmark hull) or 'auto' (parser with real weights, hull with demo weights)."),
-    paste: str = typer.Option("full", "--paste", help="'full' scales the decoded 256 px face into the frame (official; soft on HD faces); 'delta' adds only the edit's change (edit - input crop) to the original frame, so its full-resolution detail stays and an edit that changes nothing returns the frame exactly."),
+    paste: str = typer.Option("delta", "--paste", help="'delta' (default) adds only the edit's change (edit - input crop) to the original frame, so the face keeps its full-resolution detail and an edit that changes nothing returns the frame; 'full' scales the decoded 256 px face into the frame (the official way; soft on HD faces, and better when an edit removes fine detail such as glasses frames, which the delta leaves at full resolution)."),
     crf: int = typer.Option(18, "--crf", min=0, max=51, help="H.264 quality (lower is better, 18 is visually lossless)."),
     x264_preset: str = typer.Option(
         "faster", "--x264-preset",

@@ -370,7 +370,7 @@ def test_delta_paste_of_an_exact_reconstruction_returns_the_input_frames(face_vi
     run_edit(face_video, tmp_path / "delta.mp4", EditRequest([]), opts=opts(tmp_path, sampler=sampler, paste="delta"), **FAST)
     delta = [f.copy() for f in recorded]
     recorded.clear()
-    run_edit(face_video, tmp_path / "full.mp4", EditRequest([]), opts=opts(tmp_path, sampler=sampler), **FAST)
+    run_edit(face_video, tmp_path / "full.mp4", EditRequest([]), opts=opts(tmp_path, sampler=sampler, paste="full"), **FAST)
     assert len(delta) == len(recorded) == len(inputs) == 6
     assert all(np.array_equal(a, b) for a, b in zip(delta, inputs))
     assert not all(np.array_equal(a, b) for a, b in zip(recorded, inputs))

@@ -30,7 +30,7 @@ class PipelineOptions:
     require_cache: bool = False  # --from-cache: fail instead of inverting
     feather_px: float = 8.0  # at 256 px crops; scaled with the model resolution
     mask: str = "auto"  # "parser", "hull" or "auto" (parser for real weights, hull for demo weights)
-    paste: str = "full"  # "full": the decoded crop scaled into the frame (official); "delta": only edit - input crop
+    paste: str = "delta"  # "delta": only edit - input crop is added to the frame; "full": the decoded crop scaled in (official)
     crf: int = 18
     stream: bool = True  # stages overlap in threads (fvedit.pipeline.scheduler); False: one after the other
     x264_preset: str = "faster"  # measured against medium in bench/x264_presets.py (README "What comes back")
