@@ -189,12 +189,26 @@ def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
 
 
+WorkersOpt = typer.Option(
+    1, "--workers", min=1,
+    help="Worker processes for the UNet (inversion and decoding). 1: this process only (no Ray). N > 1: a local "
+    "Ray instance with N workers, or N workers on the cluster at --ray-address; each holds the model once "
+    "(one GPU each on CUDA). Needs `pip install 'fvedit[ray]'`. The output is the same as with 1.",
+)
+RayAddressOpt = typer.Option(
+    None, "--ray-address", envvar="RAY_ADDRESS", show_default=False,
+    help="Join the Ray cluster at this address (host:port of its head, from `ray start --head`) instead of "
+    "starting a local instance. Also read from $RAY_ADDRESS.",
+)
+
+
 @app.command()
 def edit(
-    video: Path = typer.Argument(..., help="The input video (any common container/codec)."),
+    videos: list[Path] = typer.Argument(..., help="The input video(s) (any common container/codec)."),
     output: Optional[Path] = typer.Option(
         None, "-o", "--output", show_default=False,
         help="Output video (.mp4, .mov, .m4v or .mkv). Default: <input>.edited.mp4 next to the input. "
+        "With several inputs: a folder, and each output keeps its input's name. "
         "An existing file there is overwritten once the new one is complete; the input never is.",
     ),
     attr: list[str] = typer.Option([], "--attr", "-a", help="Attribute to change, e.g. 'young', 'old=0.4', 'young=0.3,eyeglasses=0.5'. Repeatable; all are applied in one decode. See `fvedit attrs`."),
@@ -227,6 +241,8 @@ def edit(
     from_cache: bool = typer.Option(False, "--from-cache", help="Require a cached encoding (from `fvedit encode` or an earlier edit); fail instead of inverting."),
     seed: int = typer.Option(0, "--seed", help="Seed for the text edit's optimisation (the rest is deterministic)."),
     metrics: bool = typer.Option(False, "--metrics", help="After writing, measure the edit against the input (TL-ID, TG-ID, identity preservation, face PSNR/SSIM, warping error) and write <output>.metrics.json and .metrics.png."),
+    workers: int = WorkersOpt,
+    ray_address: Optional[str] = RayAddressOpt,
     preset: Optional[str] = PresetOpt,
     weights_dir: Optional[Path] = WeightsDirOpt,
     device: str = DeviceOpt,
@@ -240,10 +256,9 @@ def edit(
     with the unedited mean identity (shows what the model keeps of the face). Frames without the
     face are written unchanged.
     """
-    from fvedit.pipeline.jobs import EditRequest, run_edit
+    from fvedit.pipeline.jobs import EditRequest, run_jobs
 
     _logging(verbose)
-    out = output or video.with_name(f"{video.stem}.edited.mp4")
     opts = _options(sampler=sampler, steps=steps, face=face, batch_size=batch_size, cache_dir=cache_dir,
                     use_cache=not no_cache, feather_px=feather, mask=mask, crf=crf, x264_preset=x264_preset, side_by_side=side_by_side,
                     quiet=quiet, max_gap=max_gap, threads=threads, faces=faces, align=align, paste=paste)
@@ -257,8 +272,10 @@ def edit(
         raise InputError("--no-cache and --from-cache contradict each other; use one")
     opts.require_cache = from_cache
     opts.precision, opts.temporal_window, opts.metrics = precision, temporal_window, metrics
-    run_edit(video, out, EditRequest(list(attr), strength, text, neutral, clip_steps, seed), preset=preset,
-             weights_dir=weights_dir, device=device, backend=backend, opts=opts)
+    if metrics and (workers > 1 or ray_address):
+        raise InputError("--metrics runs in this process only; measure a Ray edit afterwards with `fvedit metrics`")
+    run_jobs(list(videos), output, EditRequest(list(attr), strength, text, neutral, clip_steps, seed), preset=preset,
+             weights_dir=weights_dir, device=device, backend=backend, opts=opts, workers=workers, address=ray_address)
 
 
 @app.command()
@@ -300,7 +317,7 @@ def preview(
 
 @app.command()
 def encode(
-    video: Path = typer.Argument(..., help="The input video."),
+    videos: list[Path] = typer.Argument(..., help="The input video(s)."),
     sampler: str = SamplerOpt,
     steps: int = StepsOpt,
     batch_size: int = BatchOpt,
@@ -313,6 +330,8 @@ def encode(
     faces: Optional[Path] = FacesOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute and overwrite an existing encoding."),
+    workers: int = WorkersOpt,
+    ray_address: Optional[str] = RayAddressOpt,
     preset: Optional[str] = PresetOpt,
     weights_dir: Optional[Path] = WeightsDirOpt,
     device: str = DeviceOpt,
@@ -324,12 +343,13 @@ def encode(
     An edit finds the encoding when it uses the same sampler, steps, face, --max-gap, --align, backend,
     precision and temporal window.
     """
-    from fvedit.pipeline.jobs import EditRequest, run_edit
+    from fvedit.pipeline.jobs import EditRequest, run_jobs
 
     opts = _options(sampler=sampler, steps=steps, face=face, batch_size=batch_size, cache_dir=cache_dir, quiet=quiet,
                     precision=precision, temporal_window=temporal_window, use_cache=not no_cache, max_gap=max_gap, align=align,
                     threads=threads, faces=faces)
-    run_edit(video, None, EditRequest([]), preset=preset, weights_dir=weights_dir, device=device, backend=backend, opts=opts)
+    run_jobs(list(videos), None, EditRequest([]), encode_only=True, preset=preset, weights_dir=weights_dir, device=device,
+             backend=backend, opts=opts, workers=workers, address=ray_address)
 
 
 @app.command()

@@ -190,6 +190,54 @@ def run_align(video: Path, output: Path | None, *, face: "Selection" = "largest"
     return path, alignment
 
 
+def precheck_edit(video: Path, output: Path | None, opts: PipelineOptions):
+    """The checks that need no slow work, each a one-line error: the input, the options against each
+    other, a --faces file, the output path. Returns the output's plan (cleanup on failure) or None."""
+    if not video.is_file():
+        raise InputError(f"video not found: {video}")
+    if opts.metrics and opts.side_by_side:
+        raise InputError("--metrics compares the edit with the input frame by frame; it cannot read a --side-by-side output")
+    if opts.faces is not None:
+        check_faces_for(video, opts)
+    return check_output(output, inputs=[video]) if output is not None else None
+
+
+def plan_outputs(videos: list[Path], output: Path | None) -> list[Path]:
+    """One output per input: with one video OUT is the file (default <stem>.edited.mp4 beside it);
+    with several OUT is a folder and each output keeps its input's name (default: beside each input)."""
+    if len(videos) == 1:
+        return [output or videos[0].with_name(f"{videos[0].stem}.edited.mp4")]
+    if output is None:
+        return [v.with_name(f"{v.stem}.edited.mp4") for v in videos]
+    if output.exists() and not output.is_dir():
+        raise InputError(f"with {len(videos)} videos -o names a folder, but {output} is a file")
+    names = [v.name for v in videos]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"two inputs are named {twice[0]}; in one output folder they would overwrite each other")
+    return [output / v.name for v in videos]
+
+
+def run_jobs(videos: list[Path], output: Path | None, request: EditRequest, *, encode_only: bool = False,
+             workers: int = 1, address: str | None = None, **kw) -> list[EditSummary]:
+    """`edit`/`encode` over one or more videos: in this process (`workers` 1, no address; Ray is
+    never imported then) or on a Ray pool (`fvedit.distributed`)."""
+    opts: PipelineOptions = kw["opts"]
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    if len(videos) > 1 and opts.faces is not None:
+        raise InputError("--faces holds one video's detections; give one video with it")
+    for video in videos:  # every input before the first one's work
+        if not video.is_file():
+            raise InputError(f"video not found: {video}")
+    outputs = [None] * len(videos) if encode_only else plan_outputs(videos, output)
+    if workers == 1 and not address:
+        return [run_edit(v, o, request, **kw) for v, o in zip(videos, outputs)]
+    from fvedit.distributed.ray_run import run_on_pool
+
+    return run_on_pool(list(zip(videos, outputs)), request, workers=workers, address=address, **kw)
+
+
 def run_edit(
     video: Path,
     output: Path | None,
@@ -206,13 +254,7 @@ def run_edit(
     dev = resolve_device(device)
     opts.device = dev
     times = StageTimes()
-    if not video.is_file():
-        raise InputError(f"video not found: {video}")
-    if opts.metrics and opts.side_by_side:
-        raise InputError("--metrics compares the edit with the input frame by frame; it cannot read a --side-by-side output")
-    if opts.faces is not None:
-        check_faces_for(video, opts)
-    plan = check_output(output, inputs=[video]) if output is not None else None  # before any slow work
+    plan = precheck_edit(video, output, opts)
     try:
         return _run_edit(video, output, request, preset=preset, weights_dir=weights_dir, dev=dev, backend=backend,
                          opts=opts, times=times, started=started)

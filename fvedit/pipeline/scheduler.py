@@ -99,13 +99,18 @@ class Analysis:
             self.writer = None
 
 
+def backend_label(eps_model: EpsModel) -> str:
+    """The backend's name and dtype, as the encode cache key records them."""
+    dtype = str(getattr(eps_model, "dtype", "torch.float32")).removeprefix("torch.")
+    return f"{getattr(eps_model, 'name', 'custom')}-{dtype}"
+
+
 def _encoding_settings(video_sha: str, weights: LoadedWeights, eps_model: EpsModel, opts: PipelineOptions,
                        detector: str | None = None) -> dict:
     """Everything x_T depends on. With cross-frame attention, batch edges change x_T too.
 
     `detector`: the name recorded in a --faces file; its replay gives that detector's results,
     so it shares their cache entry."""
-    dtype = str(getattr(eps_model, "dtype", "torch.float32")).removeprefix("torch.")
     return {
         "video": video_sha,
         "weights": weights_fingerprint(weights.manifest),
@@ -115,7 +120,7 @@ def _encoding_settings(video_sha: str, weights: LoadedWeights, eps_model: EpsMod
         "sigmas": list(opts.sigmas),
         "detector": detector or detector_name(opts.detector, opts.align),
         "max_gap": opts.max_gap,
-        "backend": f"{getattr(eps_model, 'name', 'custom')}-{dtype}",
+        "backend": backend_label(eps_model),
         "temporal_window": opts.temporal_window,
         "batch_size": opts.batch_size if opts.temporal_window > 1 else None,
     }
@@ -317,11 +322,13 @@ def decode_and_paste(
     writer_options: dict | None = None,
     *,
     inverter: _Inverter | None = None,
+    decoder: Callable[[FrameBatch], np.ndarray] | None = None,
 ) -> Path:
     """The edit phase, chunk by chunk: [invert,] decode, paste, write with audio. Every frame with
     the face is decoded with the one edited identity; frames without it are written exactly as
     decoded. With an `inverter` (a pending encoding) x_T is made just before a batch is decoded
-    (and written to the cache); without one `enc` must be complete."""
+    (and written to the cache); without one `enc` must be complete. A `decoder` (the Ray pool's)
+    replaces the in-process decode: called with each batch in plan order, it returns its crops."""
     model, n, size = weights.model, enc.num_frames, weights.config.image_size
     width = info.width * (2 if opts.side_by_side else 1)
     hom = crop_homography(np.asarray(enc.quads), size)
@@ -337,8 +344,11 @@ def decode_and_paste(
             if inverter is not None:
                 inverter.through(int(batch.run[-1]))
             with times.stage("decode"):
-                edited = decode_batch(model, eps_model, opts.sampler, enc.x_T.take(batch.run), enc.z_lnd[batch.run],
-                                      z_id, batch.keep, opts.device)
+                if decoder is not None:
+                    edited = decoder(batch)
+                else:
+                    edited = decode_batch(model, eps_model, opts.sampler, enc.x_T.take(batch.run), enc.z_lnd[batch.run],
+                                          z_id, batch.keep, opts.device)
                 alpha = None
                 if parser is not None:
                     x0 = crops_to_tensor(enc.crops.take(batch.frames), opts.device)

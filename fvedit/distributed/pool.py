@@ -1,0 +1,206 @@
+"""A pool of Ray actors that each hold the UNet once and invert or decode batches, in order.
+
+A task is one `FrameBatch` of the in-process plan with its inputs (crops or x_T, landmark features,
+the one identity). Tasks are pure, so a worker that dies is restarted by Ray and its tasks are run
+again with the same result (`max_restarts` / `max_task_retries`). Results come back in submission
+order with a bounded number in flight, so the driver can paste and write them as they arrive.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from fvedit.diffusion.spec import SamplerSpec
+from fvedit.errors import InputError
+
+RAY_HINT = "pip install 'fvedit[ray]'"
+
+
+def import_ray():
+    """Ray, or a one-line error that says how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError(f"--workers above 1 and --ray-address run on Ray, which is not installed: {RAY_HINT}") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to build the driver's model and backend itself. Weights are loaded from
+    their folder on each worker (a checkpoint once per worker, not with every task), so on a
+    cluster the folder must exist on every node; the driver checks the fingerprints match."""
+
+    weights_dir: str | None
+    preset: str | None
+    device: str  # "cpu" or "cuda": a CUDA worker sees the one GPU Ray gave it
+    backend: str
+    precision: str
+    temporal_window: int
+    threads: int  # torch threads per worker
+
+
+@dataclass
+class BatchJob:
+    kind: str  # "invert" (inputs: crops uint8 [B,S,S,3]) or "decode" (inputs: x_T float32 [B,C,S,S])
+    sampler: SamplerSpec
+    inputs: np.ndarray
+    z_lnd: np.ndarray  # [B, lnd_dim], the whole run
+    z_id: np.ndarray  # float32 [D]: the mean identity (invert) or the edited one (decode)
+    keep: np.ndarray  # positions of the batch's own frames in the run
+    frames: np.ndarray  # the batch's own frame indices (checked when the result comes back)
+
+
+@dataclass
+class BatchResult:
+    out: np.ndarray  # x_T [K,C,S,S] or edited crops uint8 [K,S,S,3] of the kept frames
+    frames: np.ndarray
+    seconds: float  # time the worker spent on the task
+    worker: str  # host:pid
+
+
+class UNetWorker:
+    """The body of one Ray actor: the model and backend, built once; `run` is the stage call."""
+
+    def __init__(self, spec: WorkerSpec):
+        from fvedit.pipeline.jobs import make_eps_model
+        from fvedit.runtime.device import resolve_device, set_threads
+        from fvedit.weights.loading import load_for_run
+
+        set_threads(spec.threads)
+        self.device = resolve_device(spec.device)
+        weights_dir = Path(spec.weights_dir) if spec.weights_dir else None
+        self.weights = load_for_run(weights_dir, spec.preset, self.device, echo=lambda m: None)
+        self.eps_model = make_eps_model(self.weights, spec.backend, self.device, spec.precision,
+                                        spec.temporal_window, spec.threads)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def describe(self) -> dict:
+        """What the driver checks against its own: the weights and the backend that ran."""
+        from fvedit.pipeline.cache import weights_fingerprint
+        from fvedit.pipeline.scheduler import backend_label
+
+        return {"name": self.name, "pid": os.getpid(), "weights": weights_fingerprint(self.weights.manifest),
+                "backend": backend_label(self.eps_model)}
+
+    def run(self, job: BatchJob) -> BatchResult:
+        import torch
+
+        from fvedit.pipeline.decode import decode_batch
+        from fvedit.pipeline.invert import invert_batch
+
+        started = time.perf_counter()
+        z = torch.from_numpy(job.z_id).to(self.device)
+        stage = invert_batch if job.kind == "invert" else decode_batch
+        out = stage(self.weights.model, self.eps_model, job.sampler, job.inputs, job.z_lnd, z, job.keep, self.device)
+        return BatchResult(out, job.frames, time.perf_counter() - started, self.name)
+
+
+@dataclass
+class WorkerTimes:
+    """Per worker: tasks done and seconds spent, for the closing summary."""
+
+    tasks: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, result: BatchResult) -> None:
+        self.tasks[result.worker] = self.tasks.get(result.worker, 0) + 1
+        self.seconds[result.worker] = self.seconds.get(result.worker, 0.0) + result.seconds
+
+
+class WorkerPool:
+    """`workers` actors on a local Ray instance (started here when none is running) or on the
+    cluster at `address`. The cluster must have a GPU per worker when the device is CUDA."""
+
+    def __init__(self, workers: int, spec: WorkerSpec, address: str | None = None):
+        if workers < 1:
+            raise InputError(f"--workers must be at least 1, got {workers}")
+        ray = self.ray = import_ray()
+        self.started_ray = False
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            self.started_ray = True
+        try:
+            gpu = spec.device.startswith("cuda")
+            resources = ray.cluster_resources()
+            kind, have = ("GPU", resources.get("GPU", 0)) if gpu else ("CPU", resources.get("CPU", 0))
+            if have < workers:
+                where = f"the Ray cluster at {address}" if address else "the Ray instance"
+                raise InputError(f"--workers {workers} on {spec.device} needs {workers} {kind}s, but {where} has {have:g}")
+            actor = ray.remote(num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0, max_restarts=-1,
+                               max_task_retries=-1)(UNetWorker)
+            self.actors = [actor.remote(spec) for _ in range(workers)]
+            self.workers = ray.get([a.describe.remote() for a in self.actors])
+        except BaseException:
+            self.close()
+            raise
+        self.times = WorkerTimes()
+
+    def check_matches(self, weights_fingerprint: str, backend: str) -> None:
+        """Every worker must run the driver's weights and backend, or outputs and caches would differ."""
+        for w in self.workers:
+            if w["weights"] != weights_fingerprint:
+                raise InputError(f"Ray worker {w['name']} loaded other weights ({w['weights']}) than this machine "
+                                 f"({weights_fingerprint}): give every node the same --weights-dir")
+            if w["backend"] != backend:
+                raise InputError(f"Ray worker {w['name']} runs the {w['backend']} backend, this machine {backend}: "
+                                 "pick one with --backend")
+
+    def pids(self) -> list[int]:
+        """The worker processes' ids now (they change when Ray restarts a dead worker)."""
+        return [d["pid"] for d in self.ray.get([a.describe.remote() for a in self.actors])]
+
+    def map_ordered(self, jobs: Iterable[BatchJob], ahead: int | None = None) -> Iterator[BatchResult]:
+        """Run the jobs on the workers (round robin, at most `ahead` in flight), yield results in order."""
+        ahead = ahead or 2 * len(self.actors)
+        pending: deque = deque()
+        source = iter(jobs)
+        submitted = 0
+
+        def submit() -> bool:
+            nonlocal submitted
+            job = next(source, None)
+            if job is None:
+                return False
+            pending.append((job.frames, self.actors[submitted % len(self.actors)].run.remote(job)))
+            submitted += 1
+            return True
+
+        while len(pending) < ahead and submit():
+            pass
+        while pending:
+            frames, ref = pending.popleft()
+            result = self.ray.get(ref)
+            if not np.array_equal(result.frames, frames):  # pragma: no cover - a Ray ordering bug
+                raise RuntimeError("a Ray worker returned another batch than the one asked for")
+            self.times.add(result)
+            submit()
+            yield result
+
+    def close(self) -> None:
+        for a in getattr(self, "actors", []):
+            try:
+                self.ray.kill(a)
+            except Exception:  # pragma: no cover - an actor already gone
+                pass
+        self.actors = []
+        if self.started_ray:
+            self.ray.shutdown()
+            self.started_ray = False
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

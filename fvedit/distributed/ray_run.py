@@ -1,0 +1,171 @@
+"""`fvedit edit/encode VIDEO... --workers N [--ray-address ADDR]`: the jobs over a Ray worker pool.
+
+Per video, in this process: the analysis (decode, detect, track and smooth, crop, encoders, the
+identity mean), exactly as `fvedit.pipeline.scheduler.analyse` runs it, so the one identity and
+the cache key are those of a single-process run. On the workers: the inversion of every batch
+(x_T comes back and is written to the encode cache here), then the decode with the one edited
+identity, fetched ahead in plan order while this process pastes and writes the frames in order
+(`decode_and_paste` with the pool as its decoder). The encode cache is the shared folder it always
+is: only this process reads and writes it, and the workers get their inputs through Ray's object
+store, so a cluster needs no shared disk and a re-edit on one machine reuses it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from fvedit.diffusion.spec import SamplerSpec
+from fvedit.distributed.pool import BatchJob, WorkerPool, WorkerSpec, import_ray
+from fvedit.errors import InputError
+from fvedit.pipeline.batches import FrameBatch, plan_batches
+from fvedit.pipeline.cache import Encoding, weights_fingerprint
+from fvedit.pipeline.options import EditSummary, PipelineOptions
+from fvedit.progress import StageTimes, console, progress_bar
+
+
+def invert_jobs(enc: Encoding, sampler: SamplerSpec, batches: list[FrameBatch]) -> Iterator[BatchJob]:
+    z_mean = np.asarray(enc.z_id_mean, dtype=np.float32)
+    for b in batches:
+        yield BatchJob("invert", sampler, enc.crops.take(b.run), enc.z_lnd[b.run], z_mean, b.keep, b.frames)
+
+
+def decode_jobs(enc: Encoding, sampler: SamplerSpec, batches: list[FrameBatch], z_id: torch.Tensor) -> Iterator[BatchJob]:
+    z = z_id.detach().float().cpu().numpy()
+    for b in batches:
+        yield BatchJob("decode", sampler, enc.x_T.take(b.run), enc.z_lnd[b.run], z, b.keep, b.frames)
+
+
+def invert_on_pool(pool: WorkerPool, enc: Encoding, opts: PipelineOptions, times: StageTimes) -> None:
+    """x_T of every batch, computed on the workers and written to the (pending) encoding here."""
+    batches = plan_batches(enc.present, opts.batch_size, opts.temporal_window)
+    label = f"invert ({len(pool.actors)} workers)"
+    with progress_bar(label, int(enc.present.sum()), quiet=opts.quiet, unit="frame") as adv, \
+            times.stage("encode (inversion, workers)"):  # fmt: skip
+        for result in pool.map_ordered(invert_jobs(enc, opts.sampler, batches)):
+            enc.x_T.put(result.frames, result.out)
+            adv(result.frames.size)
+
+
+class PoolDecoder:
+    """The decode stage on the pool: jobs go out ahead in plan order, `__call__(batch)` returns the
+    next batch's crops (the scheduler asks for the batches in that same order)."""
+
+    def __init__(self, pool: WorkerPool, enc: Encoding, opts: PipelineOptions, z_id: torch.Tensor):
+        batches = plan_batches(enc.present, opts.batch_size, opts.temporal_window)
+        self.results = pool.map_ordered(decode_jobs(enc, opts.sampler, batches, z_id))
+
+    def __call__(self, batch: FrameBatch) -> np.ndarray:
+        result = next(self.results, None)
+        if result is None or not np.array_equal(result.frames, batch.frames):
+            raise RuntimeError("the pool's decode results are out of step with the scheduler's batches")
+        return result.out
+
+
+def run_on_pool(
+    jobs: list[tuple[Path, Path | None]],
+    request,
+    *,
+    preset: str | None,
+    weights_dir: Path | None,
+    device: str,
+    backend: str,
+    opts: PipelineOptions,
+    workers: int,
+    address: str | None,
+    on_pool: Callable[[WorkerPool], None] | None = None,
+) -> list[EditSummary]:
+    """Edit (output set) or encode (output None) each video in turn with one pool of workers.
+    `on_pool` sees the pool once it is up (the fault test kills a worker through it)."""
+    from fvedit.pipeline.jobs import DEMO_TAG, _echo, make_eps_model, precheck_edit, prepare_edit, print_summary
+    from fvedit.pipeline.scheduler import analyse, backend_label, decode_and_paste
+    from fvedit.runtime.device import resolve_device
+    from fvedit.weights.loading import load_for_run
+
+    import_ray()  # not installed: one line, before any work
+    dev = resolve_device(device)
+    opts.device = dev
+    plans = [precheck_edit(video, output, opts) for video, output in jobs]  # before Ray, weights or any work
+    summaries: list[EditSummary] = []
+    try:
+        echo = _echo(opts.quiet)
+        load_times = StageTimes()
+        with load_times.stage("load weights"):
+            weights = load_for_run(weights_dir, preset, dev, echo=lambda m: console.print(m, style="yellow"))
+            apply_edit = prepare_edit(weights, request, dev, opts.quiet)
+            eps_model = make_eps_model(weights, backend, dev, opts.precision, opts.temporal_window, opts.threads)
+        spec = WorkerSpec(str(weights_dir) if weights_dir else None, preset, dev.type, backend, opts.precision,
+                          opts.temporal_window, opts.threads or 1)
+        with load_times.stage("start workers"), \
+                console.status(f"starting {workers} Ray workers", spinner="dots") if not opts.quiet else _nothing():  # fmt: skip
+            pool = WorkerPool(workers, spec, address)
+        with pool:
+            pool.check_matches(weights_fingerprint(weights.manifest), backend_label(eps_model))
+            if on_pool is not None:
+                on_pool(pool)
+            for k, (video, output) in enumerate(jobs):
+                started = time.perf_counter()
+                times = StageTimes()
+                if k == 0:
+                    for name, sec in load_times.seconds.items():
+                        times.add(name, sec)
+                analysis = analyse(video, weights, eps_model, opts, times, echo)
+                try:
+                    with times.stage("edit identity"):
+                        identity = apply_edit(analysis.enc)
+                    hit = analysis.cache_hit
+                    if not hit:
+                        invert_on_pool(pool, analysis.enc, opts, times)
+                    if output is not None:
+                        tags = {"comment": DEMO_TAG} if weights.is_demo else {}
+                        decode_and_paste(video, output, analysis.enc, analysis.info, weights, eps_model, identity.z_id,
+                                         opts, times, {"metadata": tags, "threads": opts.threads},
+                                         decoder=PoolDecoder(pool, analysis.enc, opts, identity.z_id))
+                    enc = analysis.finish()
+                except BaseException:
+                    analysis.abort()
+                    raise
+                times.add("other (video decoding, overhead)", max(0.0, time.perf_counter() - started - times.total))
+                summary = EditSummary(output, enc.num_frames, times, hit, enc.folder, analysis.info,
+                                      identity.description, passed_through=enc.num_absent, bridged=enc.num_bridged,
+                                      wall_s=time.perf_counter() - started)
+                summaries.append(summary)
+                if not opts.quiet:
+                    print_summary(summary, weights, f"{backend_label(eps_model)} on {workers} Ray workers", opts)
+            if not opts.quiet:
+                print_worker_times(pool)
+        return summaries
+    except BaseException:
+        for plan in plans[len(summaries):]:
+            if plan is not None:
+                plan.cleanup()
+        raise
+
+
+def print_worker_times(pool: WorkerPool) -> None:
+    say = console.print
+    say("workers (UNet tasks: inversion and decoding batches):")
+    for name in sorted(pool.times.tasks):
+        say(f"  {name:<28}{pool.times.tasks[name]:6d} tasks {pool.times.seconds[name]:9.2f} s")
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
+
+def check_worker_options(workers: int, address: str | None, n_videos: int) -> None:
+    """The option checks that need no Ray: one line each, before any work."""
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    if address is not None and not address.strip():
+        raise InputError("--ray-address is empty; give host:port of the cluster's head, or leave it out")
+    if n_videos < 1:
+        raise InputError("give at least one video")

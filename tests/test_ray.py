@@ -1,0 +1,194 @@
+"""Scale-out on Ray (`fvedit.distributed`): the same output as one process, whatever the workers do.
+
+One local Ray instance (127.0.0.1, 3 CPUs) serves the whole test session; every test uses the tiny
+preset with demo weights and a few frames. Torch runs one thread in this process and in every
+worker, so the in-process reference and the workers compute with the same kernels.
+
+"The same output" is checked on the frames handed to the video encoder (the `recorded` fixture)
+and on the output's audio packets. The H.264 bytes themselves are not compared: x264 here does
+not reproduce its own output from identical frames run to run, even with one thread (measured:
+4 encodes of the same 7 frames gave 3 different streams), so two runs of one process differ too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fvedit.diffusion.spec import SamplerSpec
+from fvedit.errors import InputError
+from fvedit.pipeline import PipelineOptions
+from fvedit.pipeline.jobs import EditRequest, run_jobs
+from fvedit.synth import make_face_video
+from fvedit.video import iter_frames
+
+ray = pytest.importorskip("ray", reason="Ray is in the dev extra; CI installs it")
+
+FAST = dict(preset="tiny", weights_dir=None, device="cpu", backend="reference")
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("isolated_dirs", "one_thread")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("ray")
+    return [make_face_video(folder / f"clip{i}.mp4", frames=5 + i, size=(160, 120), fps=25, audio=True,
+                            face_scale=0.55 + 0.05 * i) for i in range(3)]
+
+
+def opts(tmp_path: Path, **kw) -> PipelineOptions:
+    base = dict(sampler=SamplerSpec("dpm", 2), batch_size=2, cache_dir=tmp_path / "cache", quiet=True, threads=1)
+    base.update(kw)
+    return PipelineOptions(**base)
+
+
+def decoded(path: Path) -> list[np.ndarray]:
+    return [f.rgb.copy() for f in iter_frames(path)]
+
+
+def audio_packets(path: Path) -> list[bytes]:
+    import av
+
+    with av.open(str(path)) as c:
+        return [bytes(p) for p in c.demux(audio=0) if p.size]
+
+
+def edit(video: Path, out: Path, tmp_path: Path, workers: int, recorded: list, **kw) -> list[np.ndarray]:
+    """The frames one edit hands to the encoder (a cold cache each: every run inverts)."""
+    cache = tmp_path / f"cache-{workers}-{out.stem}"
+    recorded.clear()
+    [summary] = run_jobs([video], out, EditRequest(["young"]), opts=opts(tmp_path, cache_dir=cache), workers=workers,
+                         **FAST, **kw)
+    assert not summary.cache_hit and summary.frames == len(recorded)
+    return [f.copy() for f in recorded]
+
+
+def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) > 0 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_workers_1_2_3_write_the_same_video(clips, tmp_path, recorded):
+    video = clips[1]
+    frames = {w: edit(video, tmp_path / f"w{w}.mp4", tmp_path, w, recorded) for w in (1, 2, 3)}
+    assert len(frames[1]) == 6
+    assert not same(frames[1], decoded(video))  # the face was edited
+    for w in (2, 3):
+        assert same(frames[1], frames[w]), w
+        assert audio_packets(tmp_path / f"w{w}.mp4") == audio_packets(tmp_path / "w1.mp4") == audio_packets(video)
+        assert len(decoded(tmp_path / f"w{w}.mp4")) == 6
+
+
+def test_a_re_edit_on_the_pool_reuses_the_single_process_encoding(clips, tmp_path, recorded):
+    video = clips[0]
+    [first] = run_jobs([video], tmp_path / "a.mp4", EditRequest(["young"]), opts=opts(tmp_path), workers=1, **FAST)
+    one = [f.copy() for f in recorded]
+    recorded.clear()
+    [again] = run_jobs([video], tmp_path / "b.mp4", EditRequest(["young"]), opts=opts(tmp_path), workers=2, **FAST)
+    assert not first.cache_hit and again.cache_hit and again.cache_folder == first.cache_folder
+    assert same(one, recorded)
+
+
+def test_a_worker_killed_during_decoding_changes_nothing(clips, tmp_path, monkeypatch, recorded):
+    from fvedit.distributed import ray_run
+
+    video = clips[2]
+    reference = edit(video, tmp_path / "ref.mp4", tmp_path, 1, recorded)
+    pools, killed, after = [], [], []
+    original = ray_run.PoolDecoder.__call__
+
+    def kill_once(self, batch):
+        if not killed:  # phase B has started: decode jobs are in flight on both workers
+            pid = pools[0].pids()[0]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        out = original(self, batch)
+        after.append(pools[0].pids())  # Ray has restarted the worker by now (or is doing so)
+        return out
+
+    monkeypatch.setattr(ray_run.PoolDecoder, "__call__", kill_once)
+    frames = edit(video, tmp_path / "killed.mp4", tmp_path, 2, recorded, on_pool=pools.append)
+    assert killed and len(after) == 4  # 7 frames in batches of 2
+    assert killed[0] not in after[-1] and len(after[-1]) == 2  # a new process holds the model again
+    assert same(reference, frames) and len(frames) == 7
+
+
+def test_three_videos_in_one_call_keep_their_names(clips, tmp_path, recorded):
+    folder = tmp_path / "out"
+    summaries = run_jobs(clips, folder, EditRequest(["young"]), opts=opts(tmp_path), workers=2, **FAST)
+    together = [f.copy() for f in recorded]
+    assert [s.output for s in summaries] == [folder / c.name for c in clips]
+    assert [s.frames for s in summaries] == [5, 6, 7] and len(together) == 18
+    alone = []
+    for clip in clips:
+        alone += edit(clip, tmp_path / f"one-{clip.name}", tmp_path, 1, recorded)
+    assert same(together, alone)
+    for clip, s in zip(clips, summaries):
+        assert len(decoded(s.output)) == s.frames and audio_packets(s.output) == audio_packets(clip)
+
+
+def test_encode_on_the_pool_fills_the_cache_an_edit_then_hits(clips, tmp_path):
+    video = clips[0]
+    [enc] = run_jobs([video], None, EditRequest([]), encode_only=True, opts=opts(tmp_path), workers=2, **FAST)
+    [hit] = run_jobs([video], tmp_path / "e.mp4", EditRequest(["young"]), opts=opts(tmp_path), workers=1, **FAST)
+    assert not enc.cache_hit and hit.cache_hit and hit.cache_folder == enc.cache_folder
+
+
+def test_a_cluster_without_the_gpus_is_refused_before_any_work():
+    from fvedit.distributed.pool import WorkerPool, WorkerSpec
+
+    spec = WorkerSpec(None, "tiny", "cuda", "reference", "fp32", 1, 1)
+    with pytest.raises(InputError, match=r"--workers 2 on cuda needs 2 GPUs, but the Ray instance has 0"):
+        WorkerPool(2, spec)
+
+
+def test_several_outputs_need_a_folder_and_distinct_names(clips, tmp_path):
+    f = tmp_path / "file.mp4"
+    f.write_bytes(b"x")
+    with pytest.raises(InputError, match="names a folder"):
+        run_jobs(clips[:2], f, EditRequest([]), opts=opts(tmp_path), workers=2, **FAST)
+    twin = tmp_path / "sub" / clips[0].name
+    twin.parent.mkdir()
+    twin.write_bytes(clips[0].read_bytes())
+    with pytest.raises(InputError, match="two inputs are named"):
+        run_jobs([clips[0], twin], tmp_path / "o", EditRequest([]), opts=opts(tmp_path), workers=2, **FAST)
+
+
+def _blocked_ray(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FVEDIT_CACHE_DIR=str(tmp_path / "c"), FVEDIT_WEIGHTS_DIR=str(tmp_path / "w"))
+    code = "import sys; from fvedit.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, str(ROOT / "tests" / "block_imports.py"), "ray", "-c", code, *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_without_ray_one_process_runs_and_workers_say_how_to_install(clips, tmp_path):
+    """With Ray missing (blocked like an absent package) the in-process edit still runs, so that
+    path never imports it, and --workers 2 fails in one line that names the extra."""
+    ok = _blocked_ray(["edit", str(clips[0]), "-o", str(tmp_path / "a.mp4"), "--preset", "tiny", "--steps", "2",
+                       "-q"], tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    bad = _blocked_ray(["edit", str(clips[0]), "-o", str(tmp_path / "b.mp4"), "--preset", "tiny", "--workers", "2"],
+                       tmp_path)
+    assert bad.returncode != 0 and "pip install 'fvedit[ray]'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "b.mp4").exists()
