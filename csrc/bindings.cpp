@@ -20,7 +20,7 @@ namespace py = pybind11;
 
 namespace {
 
-constexpr int kAbiVersion = 1;  // bump when an entry point's signature or meaning changes
+constexpr int kAbiVersion = 2;  // bump when an entry point's signature or meaning changes
 
 template <typename T>
 using CArray = py::array_t<T, py::array::c_style>;
@@ -82,6 +82,27 @@ void paste_blend_inplace(CArray<uint8_t>& frames, const CArray<uint8_t>& crops, 
   fvpix::paste_blend_cpu(f, n, fh, fw, c, a, static_cast<int>(s), h32, h64);
 }
 
+void paste_delta_inplace(CArray<uint8_t>& frames, const CArray<float>& deltas, const CArray<float>& alphas,
+                         const CArray<float>& hom_f32, const CArray<double>& hom_f64) {
+  if (frames.ndim() != 4 || frames.shape(3) != 3) fail("frames must be uint8 [N, H, W, 3]");
+  if (!frames.writeable()) fail("frames must be writeable (paste_delta writes into them)");
+  const py::ssize_t n = frames.shape(0);
+  if (deltas.ndim() != 4) fail("deltas must be float32 [N, S, S, 3]");
+  const py::ssize_t s = deltas.shape(1);
+  expect_shape(deltas, "deltas", {n, s, s, 3});
+  expect_shape(alphas, "alphas", {n, s, s});
+  expect_hom(hom_f32, "H_frame_to_crop (float32)", n);
+  expect_hom(hom_f64, "H_frame_to_crop (float64)", n);
+  uint8_t* f = frames.mutable_data();
+  const float* d = deltas.data();
+  const float* a = alphas.data();
+  const float* h32 = hom_f32.data();
+  const double* h64 = hom_f64.data();
+  const int fh = static_cast<int>(frames.shape(1)), fw = static_cast<int>(frames.shape(2));
+  py::gil_scoped_release nogil;
+  fvpix::paste_delta_cpu(f, n, fh, fw, d, a, static_cast<int>(s), h32, h64);
+}
+
 #if defined(FVEDIT_WITH_CUDA)
 void require_gpu() {
   if (fvpix::cuda_device_count() == 0)
@@ -141,6 +162,9 @@ PYBIND11_MODULE(_pixelops, m) {
   m.def("paste_blend_inplace", &paste_blend_inplace, py::arg("frames").noconvert(), py::arg("crops").noconvert(),
         py::arg("alphas").noconvert(), py::arg("H_f32").noconvert(), py::arg("H_f64").noconvert(),
         "blend crops into frames in place; H = frame -> crop as float32 and float64 [N,3,3]");
+  m.def("paste_delta_inplace", &paste_delta_inplace, py::arg("frames").noconvert(), py::arg("deltas").noconvert(),
+        py::arg("alphas").noconvert(), py::arg("H_f32").noconvert(), py::arg("H_f64").noconvert(),
+        "add alpha * bilinear(deltas) into frames in place (the delta paste); H as for paste_blend_inplace");
 
 #if defined(FVEDIT_WITH_CUDA)
   m.attr("built_with_cuda") = true;

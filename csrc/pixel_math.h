@@ -121,6 +121,19 @@ FV_HD float sample_clamp_u8(const uint8_t* img, int w, int h, int nc, int c, con
   return acc;
 }
 
+// Edge-clamped bilinear sample of channel c of an interleaved (h, w, nc) float image (the
+// delta paste's signed edit - reference), in the same tap order as sample_clamp_u8.
+FV_HD float sample_clamp_f32(const float* img, int w, int h, int nc, int c, const Taps& t) {
+  const int xa = clampi(t.x0, 0, w - 1), xb = clampi(t.x0 + 1, 0, w - 1);
+  const int ya = clampi(t.y0, 0, h - 1), yb = clampi(t.y0 + 1, 0, h - 1);
+  float acc = 0.0f;
+  acc += t.w00 * img[(static_cast<int64_t>(ya) * w + xa) * nc + c];
+  acc += t.w10 * img[(static_cast<int64_t>(ya) * w + xb) * nc + c];
+  acc += t.w01 * img[(static_cast<int64_t>(yb) * w + xa) * nc + c];
+  acc += t.w11 * img[(static_cast<int64_t>(yb) * w + xb) * nc + c];
+  return acc;
+}
+
 // out = frame * (1 - a) + crop * a, rounded; the blend of one channel.
 FV_HD uint8_t blend_u8(float frame, float crop, float a) {
   return round_u8(frame * (1.0f - a) + crop * a);

@@ -17,6 +17,9 @@ void warp_crops_cpu(const uint8_t* frames, int64_t n, int h, int w, const float*
 // (per-pixel mapping) and float64 (bounding box).
 void paste_blend_cpu(uint8_t* frames, int64_t n, int h, int w, const uint8_t* crops,
                      const float* alphas, int s, const float* hom_f32, const double* hom_f64);
+// out = round(frame + a * delta): the delta paste (signed float deltas [N,S,S,3], 0-255 units).
+void paste_delta_cpu(uint8_t* frames, int64_t n, int h, int w, const float* deltas,
+                     const float* alphas, int s, const float* hom_f32, const double* hom_f64);
 
 #if defined(FVEDIT_WITH_CUDA)
 // CUDA versions: every pointer except the homographies is a device pointer; the

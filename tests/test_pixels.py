@@ -134,6 +134,48 @@ def test_paste_extension_matches_twin(pixelops, case):
     assert_close_u8(got, ref)
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"seed{c[0]}")
+def test_delta_paste_extension_matches_twin(pixelops, case):
+    """The delta paste: signed float deltas (edit - reference, up to +-255 so results clip at both
+    ends), the same taps and tap order as the blend; same tolerance as above."""
+    frames, homs, _, alphas = random_case(*case)
+    deltas = np.random.default_rng(case[0]).uniform(-255, 255, (*alphas.shape, 3)).astype(np.float32)
+    inv = np.linalg.inv(homs)
+    got = frames.copy()
+    pixelops.paste_delta_inplace(got, deltas, alphas, inv.astype(np.float32), inv)
+    ref = twin.paste_delta_batch(
+        torch.from_numpy(frames), torch.from_numpy(deltas), torch.from_numpy(alphas), torch.from_numpy(inv)
+    ).numpy()
+    assert_close_u8(got, ref)
+    if case[0] in (1, 2):  # cases with the crop inside the frame: the paste moved pixels
+        assert np.any(got != frames)
+
+
+def test_public_delta_paste_uses_the_extension(use_ext, monkeypatch):
+    frames, homs, _, alphas = random_case(*CASES[1])
+    deltas = np.random.default_rng(9).normal(0, 40, (*alphas.shape, 3)).astype(np.float32)
+    inv = np.linalg.inv(homs)
+    calls = []
+    real = use_ext.paste_delta_inplace
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(use_ext, name)
+
+        def paste_delta_inplace(self, *a):
+            calls.append(1)
+            return real(*a)
+
+    monkeypatch.setattr(ext, "_module", Spy())
+    got = pixels.paste_delta_batch(frames, deltas, alphas, inv)
+    assert calls == [1] and not np.array_equal(got, frames)
+    ref = twin.paste_delta_batch(*(torch.from_numpy(a) for a in (frames, deltas, alphas, inv))).numpy()
+    assert_close_u8(got, ref)
+    buf = frames.copy()
+    assert pixels.paste_delta_batch(buf, deltas, alphas, inv, inplace=True) is buf
+    assert np.array_equal(buf, got)
+
+
 def test_public_api_uses_extension_and_matches_twin(use_ext):
     frames, homs, crops, alphas = random_case(7, 3, 48, 71, 23, ("inside", "crossing", "tiny"))
     assert pixels.backend() in ("cpp", "cpp+cuda")

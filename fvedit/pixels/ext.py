@@ -16,7 +16,7 @@ from types import ModuleType
 
 from fvedit.errors import FveditError
 
-ABI_VERSION = 1  # must equal kAbiVersion in csrc/bindings.cpp
+ABI_VERSION = 2  # must equal kAbiVersion in csrc/bindings.cpp (2: paste_delta_inplace)
 
 log = logging.getLogger("fvedit.pixels")
 
