@@ -73,3 +73,12 @@ def test_warp_and_paste_1080p(benchmark, backend, scene):
 
     out = _run(benchmark, step)
     assert out.shape == frame.shape
+
+
+def test_delta_paste_1080p(benchmark, backend, scene):
+    """The default paste: frame + alpha * bilinear(edit - reference), the same footprint as the blend."""
+    frame, _, h_f2c, crop, alpha = scene
+    benchmark.group = "delta paste 256 -> 1080p"
+    delta = np.random.default_rng(1).normal(0, 20, crop.shape).astype(np.float32)
+    out = _run(benchmark, lambda: pixels.paste_delta_batch(frame, delta, alpha, h_f2c))
+    assert (out != frame).any()
