@@ -46,6 +46,7 @@ class WorkerSpec:
     precision: str
     temporal_window: int
     threads: int  # torch threads per worker
+    simulate_ms: float | None = None  # a simulated device per worker (fvedit.runtime.simulated), for benches
 
 
 @dataclass
@@ -77,10 +78,15 @@ class UNetWorker:
 
         set_threads(spec.threads)
         self.device = resolve_device(spec.device)
-        weights_dir = Path(spec.weights_dir) if spec.weights_dir else None
-        self.weights = load_for_run(weights_dir, spec.preset, self.device, echo=lambda m: None)
-        self.eps_model = make_eps_model(self.weights, spec.backend, self.device, spec.precision,
-                                        spec.temporal_window, spec.threads)
+        if spec.simulate_ms is not None:
+            from fvedit.runtime.simulated import simulated_weights
+
+            self.weights, self.eps_model = simulated_weights(spec.preset or "tiny", spec.simulate_ms)
+        else:
+            weights_dir = Path(spec.weights_dir) if spec.weights_dir else None
+            self.weights = load_for_run(weights_dir, spec.preset, self.device, echo=lambda m: None)
+            self.eps_model = make_eps_model(self.weights, spec.backend, self.device, spec.precision,
+                                            spec.temporal_window, spec.threads)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def describe(self) -> dict:

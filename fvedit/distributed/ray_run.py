@@ -78,9 +78,12 @@ def run_on_pool(
     workers: int,
     address: str | None,
     on_pool: Callable[[WorkerPool], None] | None = None,
+    simulate_ms: float | None = None,
 ) -> list[EditSummary]:
     """Edit (output set) or encode (output None) each video in turn with one pool of workers.
-    `on_pool` sees the pool once it is up (the fault test kills a worker through it)."""
+    `on_pool` sees the pool once it is up (the fault test kills a worker through it).
+    `simulate_ms`: every worker, and this process's encoders, on a simulated device of their own
+    (`fvedit.runtime.simulated`; benches only): N workers model N GPUs."""
     from fvedit.pipeline.jobs import DEMO_TAG, _echo, make_eps_model, precheck_edit, prepare_edit, print_summary
     from fvedit.pipeline.scheduler import analyse, backend_label, decode_and_paste
     from fvedit.runtime.device import resolve_device
@@ -95,11 +98,16 @@ def run_on_pool(
         echo = _echo(opts.quiet)
         load_times = StageTimes()
         with load_times.stage("load weights"):
-            weights = load_for_run(weights_dir, preset, dev, echo=lambda m: console.print(m, style="yellow"))
+            if simulate_ms is not None:
+                from fvedit.runtime.simulated import simulated_weights
+
+                weights, eps_model = simulated_weights(preset or "tiny", simulate_ms)
+            else:
+                weights = load_for_run(weights_dir, preset, dev, echo=lambda m: console.print(m, style="yellow"))
+                eps_model = make_eps_model(weights, backend, dev, opts.precision, opts.temporal_window, opts.threads)
             apply_edit = prepare_edit(weights, request, dev, opts.quiet)
-            eps_model = make_eps_model(weights, backend, dev, opts.precision, opts.temporal_window, opts.threads)
         spec = WorkerSpec(str(weights_dir) if weights_dir else None, preset, dev.type, backend, opts.precision,
-                          opts.temporal_window, opts.threads or 1)
+                          opts.temporal_window, opts.threads or 1, simulate_ms)
         with load_times.stage("start workers"), \
                 console.status(f"starting {workers} Ray workers", spinner="dots") if not opts.quiet else _nothing():  # fmt: skip
             pool = WorkerPool(workers, spec, address)

@@ -1,0 +1,146 @@
+"""Ray scale-out: frames/s of one 1080p edit in this process and on 1 and 2 Ray workers, side by side.
+
+Every run is a first edit with a cold encode cache (inversion + decode + paste + write), tiny
+preset, reference backend, one torch thread per process (this process and each worker), the
+faces replayed from one `fvedit align` file so that detection is not what is measured. Two
+device models:
+
+- cpu: the tiny UNet really runs on the CPU cores (a worker per core);
+- simulated: each worker (and this process) has its own simulated device
+  (`fvedit.runtime.simulated`, MS per frame per UNet call, sleeping instead of computing), so N
+  workers model N GPUs and the host stages are what is left on the cores.
+
+"wall" is the whole call; "steady" leaves out weight loading and the workers' start (once per
+pool, paid once for many videos). Goals from issue 15 on this 2-core machine: 2 workers >= 1.5x
+one worker; Ray with 1 worker within 10 % of in-process.
+
+    python bench/bench_ray.py --frames 16 --steps 5            # CPU, several minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fvedit.diffusion.spec import SamplerSpec  # noqa: E402
+from fvedit.pipeline import PipelineOptions  # noqa: E402
+from fvedit.pipeline.jobs import EditRequest, run_align, run_jobs  # noqa: E402
+from fvedit.progress import StageTimes  # noqa: E402
+from fvedit.synth import make_face_video  # noqa: E402
+
+STARTUP = ("load weights", "start workers")
+
+
+def options(work: Path, tag: str, faces: Path, steps: int, batch: int) -> PipelineOptions:
+    return PipelineOptions(sampler=SamplerSpec("dpm", steps), batch_size=batch, cache_dir=work / f"cache-{tag}",
+                           quiet=True, threads=1, faces=faces)
+
+
+def run_cpu(video: Path, faces: Path, work: Path, workers: int, steps: int, batch: int) -> tuple[float, float, dict]:
+    opts = options(work, f"cpu{workers}", faces, steps, batch)
+    t0 = time.perf_counter()
+    [s] = run_jobs([video], work / f"cpu{workers}.mp4", EditRequest(["young"]), opts=opts, workers=workers,
+                   preset="tiny", weights_dir=None, device="cpu", backend="reference")
+    wall = time.perf_counter() - t0
+    return wall, wall - sum(s.times.seconds.get(k, 0.0) for k in STARTUP), dict(s.times.seconds)
+
+
+def run_simulated(video: Path, faces: Path, work: Path, workers: int, steps: int, batch: int,
+                  ms: float) -> tuple[float, float, dict]:
+    opts = options(work, f"sim{workers}", faces, steps, batch)
+    t0 = time.perf_counter()
+    if workers == 0:  # in-process: one simulated device for everything, as `fvedit bench --pipeline` runs it
+        from fvedit.pipeline.scheduler import edit_video
+        from fvedit.runtime.simulated import simulated_weights
+
+        weights, unet = simulated_weights("tiny", ms)
+        times = StageTimes()
+        edit_video(video, work / "sim0.mp4", weights, unet, opts, times, _unedited, echo=lambda m: None,
+                   writer_options={"threads": 1})
+        wall = time.perf_counter() - t0
+        return wall, wall, dict(times.seconds)
+    from fvedit.distributed.ray_run import run_on_pool
+
+    [s] = run_on_pool([(video, work / f"sim{workers}.mp4")], EditRequest([]), preset="tiny", weights_dir=None,
+                      device="cpu", backend="reference", opts=opts, workers=workers, address=None, simulate_ms=ms)
+    wall = time.perf_counter() - t0
+    return wall, wall - sum(s.times.seconds.get(k, 0.0) for k in STARTUP), dict(s.times.seconds)
+
+
+def _unedited(enc):
+    from fvedit.pipeline.options import EditIdentity
+
+    return EditIdentity(torch.from_numpy(enc.z_id_mean), "none")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--simulate-ms", type=float, default=20.0, help="simulated device ms per frame per UNet call")
+    ap.add_argument("--skip-cpu", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    import ray
+
+    with tempfile.TemporaryDirectory(prefix="fvedit-bench-ray-") as tmp:
+        work = Path(tmp)
+        video = make_face_video(work / "hd.mp4", frames=args.frames, size=(1920, 1080), face_scale=0.6, audio=True)
+        faces, _ = run_align(video, work / "hd.faces.npz", quiet=True)
+        rows = []
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            if not args.skip_cpu:
+                for workers, label in ((1, "in-process"), (1, "ray"), (2, "ray")):
+                    if label == "in-process":
+                        wall, steady, st = run_cpu(video, faces, work, 1, args.steps, args.batch)
+                    else:
+                        wall, steady, st = _ray_cpu(video, faces, work, workers, args.steps, args.batch)
+                    rows.append(("cpu", label, workers, wall, steady, st))
+                    print(f"done cpu {label} {workers}: {wall:.1f} s", file=sys.stderr, flush=True)
+            for workers, label in ((0, "in-process"), (1, "ray"), (2, "ray")):
+                wall, steady, st = run_simulated(video, faces, work, workers, args.steps, args.batch, args.simulate_ms)
+                rows.append((f"simulated {args.simulate_ms:g} ms", label, max(workers, 1), wall, steady, st))
+                print(f"done simulated {label} {workers}: {wall:.1f} s", file=sys.stderr, flush=True)
+        finally:
+            ray.shutdown()
+    n = args.frames
+    print(f"\n1920x1080, {n} frames, tiny preset, dpm{args.steps}, batch {args.batch}, one torch thread per process\n")
+    print("| device | path | workers | frames/s (wall) | frames/s (steady) |")
+    print("|---|---|---|---|---|")
+    steady_of = {}
+    for device, label, workers, wall, steady, _ in rows:
+        steady_of[device, label, workers] = steady
+        print(f"| {device} | {label} | {workers} | {n / wall:.2f} | {n / steady:.2f} |")
+    for device in dict.fromkeys(r[0] for r in rows):
+        inproc, one, two = (steady_of.get((device, lab, w)) for lab, w in (("in-process", 1), ("ray", 1), ("ray", 2)))
+        if inproc and one and two:
+            print(f"{device}: Ray 1 worker takes {one / inproc:.2f}x the in-process time (goal <= 1.10); "
+                  f"2 workers are {one / two:.2f}x faster than 1 (goal >= 1.5)")
+    print("\nstages (s):")
+    for device, label, workers, _, _, st in rows:
+        print(f"  {device} {label} {workers}: " + ", ".join(f"{k} {v:.1f}" for k, v in st.items()))
+
+
+def _ray_cpu(video, faces, work, workers, steps, batch):
+    """run_jobs sends --workers 1 to the in-process path; the Ray path with one worker is asked for here."""
+    from fvedit.distributed.ray_run import run_on_pool
+
+    opts = options(work, f"ray{workers}", faces, steps, batch)
+    t0 = time.perf_counter()
+    [s] = run_on_pool([(video, work / f"ray{workers}.mp4")], EditRequest(["young"]), preset="tiny", weights_dir=None,
+                      device="cpu", backend="reference", opts=opts, workers=workers, address=None)
+    wall = time.perf_counter() - t0
+    return wall, wall - sum(s.times.seconds.get(k, 0.0) for k in STARTUP), dict(s.times.seconds)
+
+
+if __name__ == "__main__":
+    main()
