@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -134,10 +135,33 @@ def test_a_worker_killed_during_decoding_changes_nothing(clips, tmp_path, monkey
     assert same(reference, frames) and len(frames) == 7
 
 
-def test_three_videos_in_one_call_keep_their_names(clips, tmp_path, recorded):
+def test_three_videos_in_one_call_keep_their_names(clips, tmp_path, recorded, monkeypatch):
+    """Each output as the video alone would get it; the next video is analysed while the one
+    before is decoded (its analysis starts before that edit's decode ends)."""
+    from fvedit.pipeline import scheduler
+
+    events = []
+    real_analyse, real_decode = scheduler.analyse, scheduler.decode_and_paste
+
+    def analyse(video, *a, **k):
+        events.append(("analyse", video.name, time.perf_counter()))
+        return real_analyse(video, *a, **k)
+
+    def decode_and_paste(video, *a, **k):
+        out = real_decode(video, *a, **k)
+        events.append(("decoded", video.name, time.perf_counter()))
+        return out
+
+    monkeypatch.setattr(scheduler, "analyse", analyse)
+    monkeypatch.setattr(scheduler, "decode_and_paste", decode_and_paste)
     folder = tmp_path / "out"
     summaries = run_jobs(clips, folder, EditRequest(["young"]), opts=opts(tmp_path), workers=2, **FAST)
     together = [f.copy() for f in recorded]
+    when = {(kind, name): t for kind, name, t in events}
+    for before, after in zip(clips, clips[1:]):
+        assert when["analyse", after.name] < when["decoded", before.name]
+    monkeypatch.setattr(scheduler, "analyse", real_analyse)
+    monkeypatch.setattr(scheduler, "decode_and_paste", real_decode)
     assert [s.output for s in summaries] == [folder / c.name for c in clips]
     assert [s.frames for s in summaries] == [5, 6, 7] and len(together) == 18
     alone = []
@@ -153,6 +177,29 @@ def test_encode_on_the_pool_fills_the_cache_an_edit_then_hits(clips, tmp_path):
     [enc] = run_jobs([video], None, EditRequest([]), encode_only=True, opts=opts(tmp_path), workers=2, **FAST)
     [hit] = run_jobs([video], tmp_path / "e.mp4", EditRequest(["young"]), opts=opts(tmp_path), workers=1, **FAST)
     assert not enc.cache_hit and hit.cache_hit and hit.cache_folder == enc.cache_folder
+
+
+def test_a_failing_video_leaves_no_output_and_no_pending_encoding(clips, tmp_path, monkeypatch):
+    """The second of three edits fails: the first output stands, none is written for the second or
+    third, and the third's analysis (already made, one video ahead) is aborted, not committed."""
+    from fvedit.distributed import ray_run
+
+    real = ray_run.invert_on_pool
+    calls = []
+
+    def failing(pool, enc, o, times):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("worker pool failed")
+        return real(pool, enc, o, times)
+
+    monkeypatch.setattr(ray_run, "invert_on_pool", failing)
+    folder = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="worker pool failed"):
+        run_jobs(clips, folder, EditRequest(["young"]), opts=opts(tmp_path), workers=2, **FAST)
+    assert sorted(p.name for p in folder.iterdir()) == [clips[0].name]
+    entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(entries) == 1 and not entries[0].startswith(".")  # the first video's encoding only
 
 
 def test_a_cluster_without_the_gpus_is_refused_before_any_work():

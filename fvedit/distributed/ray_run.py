@@ -13,6 +13,7 @@ store, so a cluster needs no shared disk and a re-edit on one machine reuses it.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,6 +26,7 @@ from fvedit.errors import InputError
 from fvedit.pipeline.batches import FrameBatch, plan_batches
 from fvedit.pipeline.cache import Encoding, weights_fingerprint
 from fvedit.pipeline.options import EditSummary, PipelineOptions
+from fvedit.pipeline.streaming import Prefetch
 from fvedit.progress import StageTimes, console, progress_bar
 
 
@@ -84,8 +86,8 @@ def run_on_pool(
     `on_pool` sees the pool once it is up (the fault test kills a worker through it).
     `simulate_ms`: every worker, and this process's encoders, on a simulated device of their own
     (`fvedit.runtime.simulated`; benches only): N workers model N GPUs."""
-    from fvedit.pipeline.jobs import DEMO_TAG, _echo, make_eps_model, precheck_edit, prepare_edit, print_summary
-    from fvedit.pipeline.scheduler import analyse, backend_label, decode_and_paste
+    from fvedit.pipeline.jobs import _echo, make_eps_model, precheck_edit, prepare_edit
+    from fvedit.pipeline.scheduler import backend_label
     from fvedit.runtime.device import resolve_device
     from fvedit.weights.loading import load_for_run
 
@@ -115,35 +117,15 @@ def run_on_pool(
             pool.check_matches(weights_fingerprint(weights.manifest), backend_label(eps_model))
             if on_pool is not None:
                 on_pool(pool)
-            for k, (video, output) in enumerate(jobs):
-                started = time.perf_counter()
-                times = StageTimes()
-                if k == 0:
-                    for name, sec in load_times.seconds.items():
-                        times.add(name, sec)
-                analysis = analyse(video, weights, eps_model, opts, times, echo)
-                try:
-                    with times.stage("edit identity"):
-                        identity = apply_edit(analysis.enc)
-                    hit = analysis.cache_hit
-                    if not hit:
-                        invert_on_pool(pool, analysis.enc, opts, times)
-                    if output is not None:
-                        tags = {"comment": DEMO_TAG} if weights.is_demo else {}
-                        decode_and_paste(video, output, analysis.enc, analysis.info, weights, eps_model, identity.z_id,
-                                         opts, times, {"metadata": tags, "threads": opts.threads},
-                                         decoder=PoolDecoder(pool, analysis.enc, opts, identity.z_id))
-                    enc = analysis.finish()
-                except BaseException:
+            ahead = Prefetch(_analyses(jobs, weights, eps_model, opts, echo, load_times), depth=1,
+                             name="fvedit analyse next video")
+            try:
+                for video, output, analysis, times, started in ahead:
+                    summaries.append(_edit_on_pool(pool, video, output, analysis, times, started, weights,
+                                                   eps_model, apply_edit, opts, workers))
+            finally:
+                for *_, analysis, _, _ in ahead.close():  # analysed, never edited: not committed
                     analysis.abort()
-                    raise
-                times.add("other (video decoding, overhead)", max(0.0, time.perf_counter() - started - times.total))
-                summary = EditSummary(output, enc.num_frames, times, hit, enc.folder, analysis.info,
-                                      identity.description, passed_through=enc.num_absent, bridged=enc.num_bridged,
-                                      wall_s=time.perf_counter() - started)
-                summaries.append(summary)
-                if not opts.quiet:
-                    print_summary(summary, weights, f"{backend_label(eps_model)} on {workers} Ray workers", opts)
             if not opts.quiet:
                 print_worker_times(pool)
         return summaries
@@ -152,6 +134,57 @@ def run_on_pool(
             if plan is not None:
                 plan.cleanup()
         raise
+
+
+def _analyses(jobs, weights, eps_model, opts: PipelineOptions, echo, load_times: StageTimes):
+    """Each video's analysis in turn (run in a thread, one video ahead of the pool's work). The
+    first shows its progress bars; later ones run while the edit of the one before shows its
+    own, so they are quiet (one live display at a time) and say so in one line."""
+    from fvedit.pipeline.scheduler import analyse
+
+    for k, (video, output) in enumerate(jobs):
+        started = time.perf_counter()
+        times = StageTimes()
+        if k == 0:
+            for name, sec in load_times.seconds.items():
+                times.add(name, sec)
+        elif not opts.quiet:
+            echo(f"analysing {video} while the workers edit the video before it")
+        analysis = analyse(video, weights, eps_model, opts if k == 0 else replace(opts, quiet=True), times, echo)
+        try:
+            yield video, output, analysis, times, started
+        except GeneratorExit:  # stopped before the analysis was handed over
+            analysis.abort()
+            raise
+
+
+def _edit_on_pool(pool: WorkerPool, video: Path, output: Path | None, analysis, times: StageTimes, started: float,
+                  weights, eps_model, apply_edit, opts: PipelineOptions, workers: int) -> EditSummary:
+    """One analysed video: identity edit here, inversion on the pool, decode + paste + write."""
+    from fvedit.pipeline.jobs import DEMO_TAG, print_summary
+    from fvedit.pipeline.scheduler import backend_label, decode_and_paste
+
+    try:
+        with times.stage("edit identity"):
+            identity = apply_edit(analysis.enc)
+        hit = analysis.cache_hit
+        if not hit:
+            invert_on_pool(pool, analysis.enc, opts, times)
+        if output is not None:
+            tags = {"comment": DEMO_TAG} if weights.is_demo else {}
+            decode_and_paste(video, output, analysis.enc, analysis.info, weights, eps_model, identity.z_id, opts, times,
+                             {"metadata": tags, "threads": opts.threads},
+                             decoder=PoolDecoder(pool, analysis.enc, opts, identity.z_id))
+        enc = analysis.finish()
+    except BaseException:
+        analysis.abort()
+        raise
+    times.add("other (video decoding, overhead)", max(0.0, time.perf_counter() - started - times.total))
+    summary = EditSummary(output, enc.num_frames, times, hit, enc.folder, analysis.info, identity.description,
+                          passed_through=enc.num_absent, bridged=enc.num_bridged, wall_s=time.perf_counter() - started)
+    if not opts.quiet:
+        print_summary(summary, weights, f"{backend_label(eps_model)} on {workers} Ray workers", opts)
+    return summary
 
 
 def print_worker_times(pool: WorkerPool) -> None:
