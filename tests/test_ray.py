@@ -172,6 +172,27 @@ def test_three_videos_in_one_call_keep_their_names(clips, tmp_path, recorded, mo
         assert len(decoded(s.output)) == s.frames and audio_packets(s.output) == audio_packets(clip)
 
 
+def test_the_pool_encodes_exactly_what_one_process_encodes(clips, tmp_path):
+    """Crops, identities (the encoders ran on the workers), landmark features and x_T are equal to a
+    single-process encoding's, and so is the identity mean the edit moves."""
+    from fvedit.pipeline.cache import load_encoding
+
+    video = clips[1]
+    encodings = []
+    for workers in (1, 2):
+        cache = tmp_path / f"enc{workers}"
+        [s] = run_jobs([video], None, EditRequest([]), encode_only=True, opts=opts(tmp_path, cache_dir=cache),
+                       workers=workers, **FAST)
+        encodings.append(load_encoding(cache, s.cache_folder.name))
+    one, pool = encodings
+    assert one.folder.name == pool.folder.name  # the same cache key
+    for name in ("crops", "x_T"):
+        assert np.array_equal(getattr(one, name)[:], getattr(pool, name)[:]), name
+    for name in ("z_id", "z_lnd", "quads"):
+        assert np.array_equal(getattr(one, name), getattr(pool, name)), name
+    assert np.array_equal(one.z_id_mean, pool.z_id_mean) and np.abs(one.z_id).sum() > 0
+
+
 def test_encode_on_the_pool_fills_the_cache_an_edit_then_hits(clips, tmp_path):
     video = clips[0]
     [enc] = run_jobs([video], None, EditRequest([]), encode_only=True, opts=opts(tmp_path), workers=2, **FAST)

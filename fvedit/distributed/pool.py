@@ -51,7 +51,7 @@ class WorkerSpec:
 
 @dataclass
 class BatchJob:
-    kind: str  # "invert" (inputs: crops uint8 [B,S,S,3]) or "decode" (inputs: x_T float32 [B,C,S,S])
+    kind: str  # "invert" / "encode" (inputs: crops uint8 [B,S,S,3]) or "decode" (inputs: x_T float32 [B,C,S,S])
     sampler: SamplerSpec
     inputs: np.ndarray
     z_lnd: np.ndarray  # [B, lnd_dim], the whole run
@@ -62,7 +62,7 @@ class BatchJob:
 
 @dataclass
 class BatchResult:
-    out: np.ndarray  # x_T [K,C,S,S] or edited crops uint8 [K,S,S,3] of the kept frames
+    out: np.ndarray | tuple  # x_T [K,C,S,S], edited crops uint8 [K,S,S,3], or (z_id, z_lnd) for "encode"
     frames: np.ndarray
     seconds: float  # time the worker spent on the task
     worker: str  # host:pid
@@ -104,6 +104,11 @@ class UNetWorker:
         from fvedit.pipeline.invert import invert_batch
 
         started = time.perf_counter()
+        if job.kind == "encode":
+            from fvedit.pipeline.crop import encode_crops
+
+            out = encode_crops(self.weights.model.encoder, job.inputs, self.device)
+            return BatchResult(out, job.frames, time.perf_counter() - started, self.name)
         z = torch.from_numpy(job.z_id).to(self.device)
         stage = invert_batch if job.kind == "invert" else decode_batch
         out = stage(self.weights.model, self.eps_model, job.sampler, job.inputs, job.z_lnd, z, job.keep, self.device)

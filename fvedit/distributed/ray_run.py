@@ -1,11 +1,13 @@
 """`fvedit edit/encode VIDEO... --workers N [--ray-address ADDR]`: the jobs over a Ray worker pool.
 
-Per video, in this process: the analysis (decode, detect, track and smooth, crop, encoders, the
-identity mean), exactly as `fvedit.pipeline.scheduler.analyse` runs it, so the one identity and
-the cache key are those of a single-process run. On the workers: the inversion of every batch
-(x_T comes back and is written to the encode cache here), then the decode with the one edited
-identity, fetched ahead in plan order while this process pastes and writes the frames in order
-(`decode_and_paste` with the pool as its decoder). The encode cache is the shared folder it always
+Per video, in this process: the analysis (decode, detect, track and smooth, crop, the identity
+mean), as `fvedit.pipeline.scheduler.analyse` runs it, with the encoders of each crop batch on
+the workers (`pool_encoder`), so the one identity (a float64 mean in frame order) and the cache
+key are those of a single-process run. On the workers: the inversion of every batch (x_T comes
+back and is written to the encode cache here), then the decode with the one edited identity,
+fetched ahead in plan order while this process pastes and writes the frames in order
+(`decode_and_paste` with the pool as its decoder). The next video is analysed in a thread
+meanwhile, so its analysis overlaps this video's work on the pool. The encode cache is the shared folder it always
 is: only this process reads and writes it, and the workers get their inputs through Ray's object
 store, so a cluster needs no shared disk and a re-edit on one machine reuses it.
 """
@@ -13,6 +15,7 @@ store, so a cluster needs no shared disk and a re-edit on one machine reuses it.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -51,6 +54,27 @@ def invert_on_pool(pool: WorkerPool, enc: Encoding, opts: PipelineOptions, times
         for result in pool.map_ordered(invert_jobs(enc, opts.sampler, batches)):
             enc.x_T.put(result.frames, result.out)
             adv(result.frames.size)
+
+
+def pool_encoder(pool: WorkerPool, sampler: SamplerSpec):
+    """The crop pass's `encode_many` on the pool: the identity and landmark encoders of each crop
+    batch run on the workers, in order, while this process decodes and cuts the next ones."""
+
+    def encode_many(batches):
+        sent: deque = deque()
+        empty = np.zeros(0, np.float32)
+
+        def jobs():
+            for rows, crops in batches:
+                sent.append((rows, crops))
+                yield BatchJob("encode", sampler, crops, empty, empty, np.arange(len(rows)), rows)
+
+        for result in pool.map_ordered(jobs()):
+            rows, crops = sent.popleft()
+            z_id, z_lnd = result.out
+            yield rows, crops, z_id, z_lnd
+
+    return encode_many
 
 
 class PoolDecoder:
@@ -117,7 +141,7 @@ def run_on_pool(
             pool.check_matches(weights_fingerprint(weights.manifest), backend_label(eps_model))
             if on_pool is not None:
                 on_pool(pool)
-            ahead = Prefetch(_analyses(jobs, weights, eps_model, opts, echo, load_times), depth=1,
+            ahead = Prefetch(_analyses(jobs, weights, eps_model, opts, echo, load_times, pool), depth=1,
                              name="fvedit analyse next video")
             try:
                 for video, output, analysis, times, started in ahead:
@@ -136,7 +160,7 @@ def run_on_pool(
         raise
 
 
-def _analyses(jobs, weights, eps_model, opts: PipelineOptions, echo, load_times: StageTimes):
+def _analyses(jobs, weights, eps_model, opts: PipelineOptions, echo, load_times: StageTimes, pool: WorkerPool):
     """Each video's analysis in turn (run in a thread, one video ahead of the pool's work). The
     first shows its progress bars; later ones run while the edit of the one before shows its
     own, so they are quiet (one live display at a time) and say so in one line."""
@@ -150,7 +174,8 @@ def _analyses(jobs, weights, eps_model, opts: PipelineOptions, echo, load_times:
                 times.add(name, sec)
         elif not opts.quiet:
             echo(f"analysing {video} while the workers edit the video before it")
-        analysis = analyse(video, weights, eps_model, opts if k == 0 else replace(opts, quiet=True), times, echo)
+        analysis = analyse(video, weights, eps_model, opts if k == 0 else replace(opts, quiet=True), times, echo,
+                           encode_many=pool_encoder(pool, opts.sampler))
         try:
             yield video, output, analysis, times, started
         except GeneratorExit:  # stopped before the analysis was handed over

@@ -26,7 +26,7 @@ import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -141,9 +141,9 @@ def _writable_cache_dir(preferred: Path, echo: Echo) -> Path:
 
 
 def analyse(video: Path, weights: LoadedWeights, eps_model: EpsModel, opts: PipelineOptions, times: StageTimes,
-            echo: Echo = print) -> Analysis:
+            echo: Echo = print, encode_many: EncodeMany | None = None) -> Analysis:
     """The cached encoding when a verified one exists; else align, crop and encode the video into
-    a pending encoding (x_T still to come)."""
+    a pending encoding (x_T still to come). `encode_many`: where the encoders run (`_crop_pass`)."""
     with times.stage("probe"):
         info = probe(video)
         if info.frame_count == 0:
@@ -198,7 +198,7 @@ def analyse(video: Path, weights: LoadedWeights, eps_model: EpsModel, opts: Pipe
         arr["present"][:] = alignment.present
         arr["detected"][:] = alignment.detected
         with times.stage("crop + encoders"):
-            _crop_pass(video, n, alignment.quads, alignment.present_frames, weights, opts, arr)
+            _crop_pass(video, n, alignment.quads, alignment.present_frames, weights, opts, arr, encode_many)
         enc = Encoding(folder=writer.tmp, meta=writer.meta, quads=alignment.quads, landmarks=alignment.landmarks,
                        present=alignment.present, detected=alignment.detected, crops=arr["crops"],
                        z_id=arr["z_id"][:], z_lnd=arr["z_lnd"][:], x_T=arr["x_T"])
@@ -208,10 +208,13 @@ def analyse(video: Path, weights: LoadedWeights, eps_model: EpsModel, opts: Pipe
     return Analysis(enc, info, writer, cache_dir)
 
 
-def _crop_pass(video: Path, n: int, quads: np.ndarray, kept: np.ndarray, weights: LoadedWeights,
-               opts: PipelineOptions, arr: dict) -> None:
-    """Decode again, cut every frame's crop and run the two encoders, writing both to the cache."""
-    size = weights.config.image_size
+CropBatch = tuple[np.ndarray, np.ndarray]  # (frame rows, their crops uint8 [K,S,S,3])
+EncodeMany = Callable[[Iterator[CropBatch]], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]
+
+
+def _crop_batches(video: Path, n: int, quads: np.ndarray, kept: np.ndarray, size: int,
+                  opts: PipelineOptions) -> Iterator[CropBatch]:
+    """Decode again and cut the crops of the frames with the face, a chunk of frames at a time."""
     factor = supersample_factor(quads[kept], size)
     with progress_bar("crop", n, quiet=opts.quiet, unit="frame") as adv, \
             prefetched(iter_frames(video, chunk=opts.batch_size), opts.stream, depth=STREAM_DEPTH,
@@ -224,14 +227,29 @@ def _crop_pass(video: Path, n: int, quads: np.ndarray, kept: np.ndarray, weights
                 raise InputError(f"{video}: the crop pass decoded more frames than the {n} probed; the file may be damaged")
             rows = kept[(kept >= start) & (kept < seen)]
             if rows.size:  # frames without the face get no crop and no features
-                crops = cut_crops([chunk[i - start].rgb for i in rows], quads[rows], size, factor)
-                arr["crops"].put(rows, crops)
-                z_id, z_lnd = encode_crops(weights.model.encoder, crops, opts.device)
-                arr["z_id"].put(rows, z_id)
-                arr["z_lnd"].put(rows, z_lnd)
+                yield rows, cut_crops([chunk[i - start].rgb for i in rows], quads[rows], size, factor)
             adv(len(chunk))
         if seen != n:
             raise InputError(f"{video}: the crop pass decoded {seen} frames but {n} were probed; the file may be damaged")
+
+
+def _crop_pass(video: Path, n: int, quads: np.ndarray, kept: np.ndarray, weights: LoadedWeights,
+               opts: PipelineOptions, arr: dict, encode_many: EncodeMany | None = None) -> None:
+    """Cut every frame's crop and run the two encoders, writing both to the cache. `encode_many`
+    (the Ray pool's) runs the encoders elsewhere: it maps the crop batches, in order, to
+    (rows, crops, z_id, z_lnd)."""
+    batches = _crop_batches(video, n, quads, kept, weights.config.image_size, opts)
+    if encode_many is None:
+        encoded = ((rows, crops, *encode_crops(weights.model.encoder, crops, opts.device)) for rows, crops in batches)
+    else:
+        encoded = encode_many(batches)
+    try:
+        for rows, crops, z_id, z_lnd in encoded:
+            arr["crops"].put(rows, crops)
+            arr["z_id"].put(rows, z_id)
+            arr["z_lnd"].put(rows, z_lnd)
+    finally:
+        batches.close()  # stops its reader thread now, also after an error
 
 
 class _Inverter:
