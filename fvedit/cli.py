@@ -196,9 +196,9 @@ WorkersOpt = typer.Option(
     "(one GPU each on CUDA). Needs `pip install 'fvedit[ray]'`. The output is the same as with 1.",
 )
 RayAddressOpt = typer.Option(
-    None, "--ray-address", envvar="RAY_ADDRESS", show_default=False,
+    None, "--ray-address", show_default=False,
     help="Join the Ray cluster at this address (host:port of its head, from `ray start --head`) instead of "
-    "starting a local instance. Also read from $RAY_ADDRESS.",
+    "starting a local instance. With --workers above 1, $RAY_ADDRESS is used when this is not given.",
 )
 
 

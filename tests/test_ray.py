@@ -38,10 +38,17 @@ pytestmark = pytest.mark.usefixtures("isolated_dirs", "one_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_instance():
+def ray_instance(tmp_path_factory):
+    """The workers inherit this environment: no imported weights (the demo weights, like the tests)."""
+    saved = os.environ.get("FVEDIT_WEIGHTS_DIR")
+    os.environ["FVEDIT_WEIGHTS_DIR"] = str(tmp_path_factory.mktemp("no-weights"))
     ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+    if saved is None:
+        os.environ.pop("FVEDIT_WEIGHTS_DIR", None)
+    else:
+        os.environ["FVEDIT_WEIGHTS_DIR"] = saved
 
 
 @pytest.fixture
@@ -112,27 +119,40 @@ def test_a_re_edit_on_the_pool_reuses_the_single_process_encoding(clips, tmp_pat
 
 
 def test_a_worker_killed_during_decoding_changes_nothing(clips, tmp_path, monkeypatch, recorded):
+    """A worker is killed while it decodes a batch: Ray restarts it, the batch runs again, and the
+    frames are those of a run without the kill. The UNet is the simulated device's stand-in
+    (`fvedit.runtime.simulated`, 150 ms per frame per call) so that the batch is surely in flight."""
     from fvedit.distributed import ray_run
 
     video = clips[2]
-    reference = edit(video, tmp_path / "ref.mp4", tmp_path, 1, recorded)
+
+    def run(tag: str, **kw) -> list[np.ndarray]:
+        recorded.clear()
+        [s] = ray_run.run_on_pool([(video, tmp_path / f"{tag}.mp4")], EditRequest([]), preset="tiny", weights_dir=None,
+                                  device="cpu", backend="reference", opts=opts(tmp_path, cache_dir=tmp_path / tag),
+                                  workers=2, address=None, simulate_ms=150.0, **kw)
+        assert not s.cache_hit and s.frames == len(recorded) == 7
+        return [f.copy() for f in recorded]
+
+    reference = run("calm")
     pools, killed, after = [], [], []
     original = ray_run.PoolDecoder.__call__
 
     def kill_once(self, batch):
-        if not killed:  # phase B has started: decode jobs are in flight on both workers
-            pid = pools[0].pids()[0]
+        out = original(self, batch)  # batch 0 is back; batch 1 is running on the other worker
+        if not killed:
+            pid = pools[0].workers[1]["pid"]
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
-        out = original(self, batch)
-        after.append(pools[0].pids())  # Ray has restarted the worker by now (or is doing so)
+        after.append(pools[0].pids())
         return out
 
     monkeypatch.setattr(ray_run.PoolDecoder, "__call__", kill_once)
-    frames = edit(video, tmp_path / "killed.mp4", tmp_path, 2, recorded, on_pool=pools.append)
+    frames = run("killed", on_pool=pools.append)
     assert killed and len(after) == 4  # 7 frames in batches of 2
     assert killed[0] not in after[-1] and len(after[-1]) == 2  # a new process holds the model again
-    assert same(reference, frames) and len(frames) == 7
+    assert same(reference, frames)
+    assert not same(reference, [f for f in decoded(video)])  # the simulated decode did change the faces
 
 
 def test_three_videos_in_one_call_keep_their_names(clips, tmp_path, recorded, monkeypatch):
@@ -178,12 +198,14 @@ def test_the_pool_encodes_exactly_what_one_process_encodes(clips, tmp_path):
     from fvedit.pipeline.cache import load_encoding
 
     video = clips[1]
-    encodings = []
+    encodings, pools = [], []
     for workers in (1, 2):
         cache = tmp_path / f"enc{workers}"
+        extra = {"on_pool": pools.append} if workers > 1 else {}
         [s] = run_jobs([video], None, EditRequest([]), encode_only=True, opts=opts(tmp_path, cache_dir=cache),
-                       workers=workers, **FAST)
+                       workers=workers, **FAST, **extra)
         encodings.append(load_encoding(cache, s.cache_folder.name))
+    assert sum(pools[0].times.tasks.values()) == 6  # 3 encoder batches + 3 inversion batches ran on the pool
     one, pool = encodings
     assert one.folder.name == pool.folder.name  # the same cache key
     for name in ("crops", "x_T"):
@@ -239,8 +261,32 @@ def test_several_outputs_need_a_folder_and_distinct_names(clips, tmp_path):
     twin = tmp_path / "sub" / clips[0].name
     twin.parent.mkdir()
     twin.write_bytes(clips[0].read_bytes())
-    with pytest.raises(InputError, match="two inputs are named"):
+    with pytest.raises(InputError, match="would both be written to"):
         run_jobs([clips[0], twin], tmp_path / "o", EditRequest([]), opts=opts(tmp_path), workers=2, **FAST)
+
+
+def test_output_names_for_several_inputs(clips, tmp_path):
+    from fvedit.pipeline.jobs import plan_outputs
+
+    other = tmp_path / "clip0.avi"
+    other.write_bytes(b"")
+    with pytest.raises(InputError, match="would both be written to"):
+        plan_outputs([clips[0], other], tmp_path / "o")  # clip0.mp4 twice
+    mov = tmp_path / "talk.mov"
+    avi = tmp_path / "talk2.avi"
+    assert plan_outputs([mov, avi], tmp_path / "o") == [tmp_path / "o" / "talk.mov", tmp_path / "o" / "talk2.mp4"]
+    with pytest.raises(InputError, match="would both be written to"):
+        plan_outputs([mov, tmp_path / "talk.mp4"], None)  # both talk.edited.mp4 beside the inputs
+
+
+def test_ray_address_in_the_environment_does_not_move_a_one_worker_edit(clips, tmp_path, monkeypatch, recorded):
+    """Ray sets $RAY_ADDRESS on its own nodes; a plain edit there stays in this process."""
+    from fvedit.distributed import pool
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # nothing listens there
+    monkeypatch.setattr(pool.WorkerPool, "__init__", lambda *a, **k: pytest.fail("a pool was started"))
+    [s] = run_jobs([clips[0]], tmp_path / "one.mp4", EditRequest([]), opts=opts(tmp_path), workers=1, **FAST)
+    assert s.frames == len(recorded) == 5
 
 
 def _blocked_ray(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:

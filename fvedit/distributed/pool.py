@@ -2,16 +2,20 @@
 
 A task is one `FrameBatch` of the in-process plan with its inputs (crops or x_T, landmark features,
 the one identity). Tasks are pure, so a worker that dies is restarted by Ray and its tasks are run
-again with the same result (`max_restarts` / `max_task_retries`). Results come back in submission
+again with the same result (`max_restarts` / `max_task_retries`, `RETRIES` times: a worker that
+always crashes ends the run with one line instead of retrying forever). Results come back in submission
 order with a bounded number in flight, so the driver can paste and write them as they arrive.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -19,9 +23,11 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from fvedit.diffusion.spec import SamplerSpec
-from fvedit.errors import InputError
+from fvedit.errors import FveditError, InputError
 
 RAY_HINT = "pip install 'fvedit[ray]'"
+RETRIES = 3  # restarts of a dead worker, and re-runs of each of its tasks (pure: the result is the same)
+START_TIMEOUT_S = 600.0  # workers that cannot be placed (busy GPUs) or load nothing by then: one-line error
 
 
 def import_ray():
@@ -117,14 +123,35 @@ class UNetWorker:
 
 @dataclass
 class WorkerTimes:
-    """Per worker: tasks done and seconds spent, for the closing summary."""
+    """Per worker: tasks done and seconds spent, for the closing summary (added from two threads)."""
 
     tasks: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, result: BatchResult) -> None:
-        self.tasks[result.worker] = self.tasks.get(result.worker, 0) + 1
-        self.seconds[result.worker] = self.seconds.get(result.worker, 0.0) + result.seconds
+        with self.lock:
+            self.tasks[result.worker] = self.tasks.get(result.worker, 0) + 1
+            self.seconds[result.worker] = self.seconds.get(result.worker, 0.0) + result.seconds
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[-1] if text else type(err).__name__
+
+
+@contextmanager
+def _keep_signal_handlers():
+    """ray.init installs its own SIGINT/SIGTERM handlers; fvedit's (one line, exit 130/143) stay."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 class WorkerPool:
@@ -136,11 +163,16 @@ class WorkerPool:
             raise InputError(f"--workers must be at least 1, got {workers}")
         ray = self.ray = import_ray()
         self.started_ray = False
+        self._next = 0  # round robin over the actors, carried across calls
         if not ray.is_initialized():
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            with _keep_signal_handlers():
+                try:
+                    if address:
+                        ray.init(address=address, log_to_driver=False)
+                    else:
+                        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
+                except (ConnectionError, RuntimeError, ValueError) as err:
+                    raise InputError(f"cannot start or reach Ray{' at ' + address if address else ''}: {one_line(err)}") from None
             self.started_ray = True
         try:
             gpu = spec.device.startswith("cuda")
@@ -149,10 +181,14 @@ class WorkerPool:
             if have < workers:
                 where = f"the Ray cluster at {address}" if address else "the Ray instance"
                 raise InputError(f"--workers {workers} on {spec.device} needs {workers} {kind}s, but {where} has {have:g}")
-            actor = ray.remote(num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0, max_restarts=-1,
-                               max_task_retries=-1)(UNetWorker)
+            actor = ray.remote(num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0, max_restarts=RETRIES,
+                               max_task_retries=RETRIES)(UNetWorker)
             self.actors = [actor.remote(spec) for _ in range(workers)]
-            self.workers = ray.get([a.describe.remote() for a in self.actors])
+            try:
+                self.workers = self._get([a.describe.remote() for a in self.actors], timeout=START_TIMEOUT_S)
+            except ray.exceptions.GetTimeoutError:
+                raise InputError(f"{workers} Ray workers did not start within {START_TIMEOUT_S:g} s: the cluster has "
+                                 f"no free {kind}s for them, or loading the model hangs") from None
         except BaseException:
             self.close()
             raise
@@ -168,31 +204,44 @@ class WorkerPool:
                 raise InputError(f"Ray worker {w['name']} runs the {w['backend']} backend, this machine {backend}: "
                                  "pick one with --backend")
 
+    def _get(self, refs, timeout: float | None = None):
+        """ray.get, with a worker's own error re-raised as itself (one line), not as Ray's wrapper."""
+        exc = self.ray.exceptions
+        try:
+            return self.ray.get(refs, timeout=timeout)
+        except exc.RayTaskError as err:
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, FveditError):
+                raise cause from None
+            raise RuntimeError(f"a Ray worker failed: {one_line(cause or err)}") from None
+        except exc.RayActorError as err:
+            raise RuntimeError(f"a Ray worker died and could not be restarted: {one_line(err)}") from None
+
     def pids(self) -> list[int]:
         """The worker processes' ids now (they change when Ray restarts a dead worker)."""
-        return [d["pid"] for d in self.ray.get([a.describe.remote() for a in self.actors])]
+        return [d["pid"] for d in self._get([a.describe.remote() for a in self.actors])]
 
     def map_ordered(self, jobs: Iterable[BatchJob], ahead: int | None = None) -> Iterator[BatchResult]:
         """Run the jobs on the workers (round robin, at most `ahead` in flight), yield results in order."""
         ahead = ahead or 2 * len(self.actors)
         pending: deque = deque()
         source = iter(jobs)
-        submitted = 0
 
         def submit() -> bool:
-            nonlocal submitted
             job = next(source, None)
             if job is None:
                 return False
-            pending.append((job.frames, self.actors[submitted % len(self.actors)].run.remote(job)))
-            submitted += 1
+            with self.times.lock:
+                actor = self.actors[self._next % len(self.actors)]
+                self._next += 1
+            pending.append((job.frames, actor.run.remote(job)))
             return True
 
         while len(pending) < ahead and submit():
             pass
         while pending:
             frames, ref = pending.popleft()
-            result = self.ray.get(ref)
+            result = self._get(ref)
             if not np.array_equal(result.frames, frames):  # pragma: no cover - a Ray ordering bug
                 raise RuntimeError("a Ray worker returned another batch than the one asked for")
             self.times.add(result)

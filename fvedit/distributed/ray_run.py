@@ -14,6 +14,7 @@ store, so a cluster needs no shared disk and a re-edit on one machine reuses it.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from dataclasses import replace
@@ -29,7 +30,6 @@ from fvedit.errors import InputError
 from fvedit.pipeline.batches import FrameBatch, plan_batches
 from fvedit.pipeline.cache import Encoding, weights_fingerprint
 from fvedit.pipeline.options import EditSummary, PipelineOptions
-from fvedit.pipeline.streaming import Prefetch
 from fvedit.progress import StageTimes, console, progress_bar
 
 
@@ -118,9 +118,11 @@ def run_on_pool(
     import_ray()  # not installed: one line, before any work
     dev = resolve_device(device)
     opts.device = dev
-    plans = [precheck_edit(video, output, opts) for video, output in jobs]  # before Ray, weights or any work
+    plans: list = []
     summaries: list[EditSummary] = []
     try:
+        for video, output in jobs:  # before Ray, weights or any work
+            plans.append(precheck_edit(video, output, opts))
         echo = _echo(opts.quiet)
         load_times = StageTimes()
         with load_times.stage("load weights"):
@@ -141,15 +143,21 @@ def run_on_pool(
             pool.check_matches(weights_fingerprint(weights.manifest), backend_label(eps_model))
             if on_pool is not None:
                 on_pool(pool)
-            ahead = Prefetch(_analyses(jobs, weights, eps_model, opts, echo, load_times, pool), depth=1,
-                             name="fvedit analyse next video")
+            def analysis_of(k: int) -> AnalysisAhead:
+                return AnalysisAhead(lambda: _analyse_one(k, jobs[k][0], weights, eps_model, opts, echo, load_times,
+                                                          pool))
+
+            ahead = analysis_of(0)
             try:
-                for video, output, analysis, times, started in ahead:
+                for k in range(len(jobs)):
+                    video, output = jobs[k]
+                    analysis, times, started = ahead.get()
+                    ahead = analysis_of(k + 1) if k + 1 < len(jobs) else None  # overlaps this video's edit
                     summaries.append(_edit_on_pool(pool, video, output, analysis, times, started, weights,
                                                    eps_model, apply_edit, opts, workers))
             finally:
-                for *_, analysis, _, _ in ahead.close():  # analysed, never edited: not committed
-                    analysis.abort()
+                if ahead is not None:
+                    ahead.discard()
             if not opts.quiet:
                 print_worker_times(pool)
         return summaries
@@ -160,27 +168,65 @@ def run_on_pool(
         raise
 
 
-def _analyses(jobs, weights, eps_model, opts: PipelineOptions, echo, load_times: StageTimes, pool: WorkerPool):
-    """Each video's analysis in turn (run in a thread, one video ahead of the pool's work). The
-    first shows its progress bars; later ones run while the edit of the one before shows its
-    own, so they are quiet (one live display at a time) and say so in one line."""
+class AnalysisAhead:
+    """One video's analysis in a daemon thread, started while the pool edits the video before.
+
+    `get()` waits for it (polling, so Ctrl-C gets through). `discard()` (the run stopped first)
+    does not wait: the thread aborts its pending encoding when it finishes, and an interrupted
+    process leaves only what a killed run leaves, which the next run cleans up."""
+
+    def __init__(self, work: Callable[[], tuple]):
+        self._result: tuple | None = None
+        self._error: BaseException | None = None
+        self._discarded = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, args=(work,), name="fvedit analyse next video", daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[], tuple]) -> None:
+        try:
+            result = work()
+        except BaseException as err:  # handed to get()
+            self._error = err
+            return
+        with self._lock:
+            if self._discarded.is_set():
+                result[0].abort()
+            else:
+                self._result = result
+
+    def get(self) -> tuple:
+        while self._thread.is_alive():
+            self._thread.join(timeout=0.1)
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def discard(self) -> None:
+        with self._lock:
+            self._discarded.set()
+            if self._result is not None:
+                self._result[0].abort()
+                self._result = None
+
+
+def _analyse_one(k: int, video: Path, weights, eps_model, opts: PipelineOptions, echo, load_times: StageTimes,
+                 pool: WorkerPool) -> tuple:
+    """(analysis, times, started) of the k-th video. The first shows its progress
+    bars; later ones run while the edit before them shows its own, so they are quiet (one live
+    display at a time) and say so in one line."""
     from fvedit.pipeline.scheduler import analyse
 
-    for k, (video, output) in enumerate(jobs):
-        started = time.perf_counter()
-        times = StageTimes()
-        if k == 0:
-            for name, sec in load_times.seconds.items():
-                times.add(name, sec)
-        elif not opts.quiet:
-            echo(f"analysing {video} while the workers edit the video before it")
-        analysis = analyse(video, weights, eps_model, opts if k == 0 else replace(opts, quiet=True), times, echo,
-                           encode_many=pool_encoder(pool, opts.sampler))
-        try:
-            yield video, output, analysis, times, started
-        except GeneratorExit:  # stopped before the analysis was handed over
-            analysis.abort()
-            raise
+    started = time.perf_counter()
+    times = StageTimes()
+    if k == 0:
+        for name, sec in load_times.seconds.items():
+            times.add(name, sec)
+    elif not opts.quiet:
+        echo(f"analysing {video} while the workers edit the video before it")
+    analysis = analyse(video, weights, eps_model, opts if k == 0 else replace(opts, quiet=True), times, echo,
+                       encode_many=pool_encoder(pool, opts.sampler))
+    return analysis, times, started
 
 
 def _edit_on_pool(pool: WorkerPool, video: Path, output: Path | None, analysis, times: StageTimes, started: float,

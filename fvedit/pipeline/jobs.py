@@ -6,6 +6,7 @@ and prints a summary of where the time went.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,27 +205,41 @@ def precheck_edit(video: Path, output: Path | None, opts: PipelineOptions):
 
 def plan_outputs(videos: list[Path], output: Path | None) -> list[Path]:
     """One output per input: with one video OUT is the file (default <stem>.edited.mp4 beside it);
-    with several OUT is a folder and each output keeps its input's name (default: beside each input)."""
+    with several OUT is a folder and each output keeps its input's name (with .mp4 where the input's
+    extension is not one fvedit writes; default: <stem>.edited.mp4 beside each input). Two inputs
+    that would write one path are refused."""
+    from fvedit.video.writer import OUTPUT_SUFFIXES, check_output_name
+
     if len(videos) == 1:
-        return [output or videos[0].with_name(f"{videos[0].stem}.edited.mp4")]
-    if output is None:
-        return [v.with_name(f"{v.stem}.edited.mp4") for v in videos]
-    if output.exists() and not output.is_dir():
-        raise InputError(f"with {len(videos)} videos -o names a folder, but {output} is a file")
-    names = [v.name for v in videos]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise InputError(f"two inputs are named {twice[0]}; in one output folder they would overwrite each other")
-    return [output / v.name for v in videos]
+        outputs = [output or videos[0].with_name(f"{videos[0].stem}.edited.mp4")]
+    elif output is None:
+        outputs = [v.with_name(f"{v.stem}.edited.mp4") for v in videos]
+    else:
+        if output.exists() and not output.is_dir():
+            raise InputError(f"with {len(videos)} videos -o names a folder, but {output} is a file")
+        outputs = [output / (v.name if v.suffix.lower() in OUTPUT_SUFFIXES else f"{v.stem}.mp4") for v in videos]
+    seen: dict[Path, Path] = {}
+    for video, out in zip(videos, outputs):
+        key = out.resolve()
+        if key in seen:
+            raise InputError(f"{seen[key]} and {video} would both be written to {out}; rename one or edit them apart")
+        seen[key] = video
+        check_output_name(out)  # every name before the first video's work
+    return outputs
 
 
 def run_jobs(videos: list[Path], output: Path | None, request: EditRequest, *, encode_only: bool = False,
              workers: int = 1, address: str | None = None, **kw) -> list[EditSummary]:
-    """`edit`/`encode` over one or more videos: in this process (`workers` 1, no address; Ray is
-    never imported then) or on a Ray pool (`fvedit.distributed`)."""
+    """`edit`/`encode` over one or more videos: in this process (`workers` 1 and no address; Ray is
+    never imported then) or on a Ray pool (`fvedit.distributed`). $RAY_ADDRESS counts only with
+    `workers` above 1 (Ray sets it on its own nodes, where a plain edit must stay in-process)."""
     opts: PipelineOptions = kw["opts"]
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
+    if address is not None and not address.strip():
+        raise InputError("--ray-address is empty; give host:port of the cluster's head, or leave it out")
+    if address is None and workers > 1:
+        address = os.environ.get("RAY_ADDRESS") or None
     if len(videos) > 1 and opts.faces is not None:
         raise InputError("--faces holds one video's detections; give one video with it")
     for video in videos:  # every input before the first one's work

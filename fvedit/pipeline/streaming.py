@@ -66,19 +66,9 @@ class Prefetch(Generic[T]):
                 return
             yield item
 
-    def close(self) -> list[T]:
-        """Stop and join the thread; returns the items it had queued that were never taken (an
-        owner may need to release them)."""
+    def close(self) -> None:
         self._stop.set()
         self._thread.join()
-        left = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return left
-            if item is not _DONE:
-                left.append(item)
 
 
 class Worker(Generic[T]):
