@@ -193,8 +193,9 @@ def test_three_videos_in_one_call_keep_their_names(clips, tmp_path, recorded, mo
 
 
 def test_the_pool_encodes_exactly_what_one_process_encodes(clips, tmp_path):
-    """Crops, identities (the encoders ran on the workers), landmark features and x_T are equal to a
-    single-process encoding's, and so is the identity mean the edit moves."""
+    """Quads and landmarks (detection ran on the workers), crops, identities (so did the encoders),
+    landmark features and x_T are equal to a single-process encoding's, and so is the identity
+    mean the edit moves."""
     from fvedit.pipeline.cache import load_encoding
 
     video = clips[1]
@@ -206,13 +207,32 @@ def test_the_pool_encodes_exactly_what_one_process_encodes(clips, tmp_path):
                        workers=workers, **FAST, **extra)
         encodings.append(load_encoding(cache, s.cache_folder.name))
     assert sum(pools[0].times.tasks.values()) == 6  # 3 encoder batches + 3 inversion batches ran on the pool
+    assert pools[0].times.detections == 6  # and every frame's face detection
     one, pool = encodings
     assert one.folder.name == pool.folder.name  # the same cache key
     for name in ("crops", "x_T"):
         assert np.array_equal(getattr(one, name)[:], getattr(pool, name)[:]), name
-    for name in ("z_id", "z_lnd", "quads"):
+    for name in ("z_id", "z_lnd", "quads", "landmarks", "present"):
         assert np.array_equal(getattr(one, name), getattr(pool, name)), name
     assert np.array_equal(one.z_id_mean, pool.z_id_mean) and np.abs(one.z_id).sum() > 0
+
+
+def test_detection_misses_and_absences_on_the_pool_match_one_process(tmp_path, recorded):
+    """Blurred frames (detector misses, bridged by the re-check that runs here) and frames without
+    the face (passed through) come out as in one process: the same track, the same frames."""
+    common = dict(size=(320, 240), fps=25, face_scale=0.6, audio=False)
+    video = make_face_video(tmp_path / "gaps.mp4", frames=10, blurred_frames=(3, 4), hidden_frames=(7, 8), **common)
+    frames, summaries = {}, {}
+    for workers in (1, 2):
+        recorded.clear()
+        [summaries[workers]] = run_jobs([video], tmp_path / f"g{workers}.mp4", EditRequest(["young"]),
+                                        opts=opts(tmp_path, cache_dir=tmp_path / f"c{workers}"), workers=workers,
+                                        **FAST)
+        frames[workers] = [f.copy() for f in recorded]
+    one, pool = summaries[1], summaries[2]
+    assert (one.passed_through, one.bridged) == (pool.passed_through, pool.bridged)
+    assert one.passed_through == 2 and one.bridged >= 1  # both kinds of gap were exercised
+    assert same(frames[1], frames[2])
 
 
 def test_encode_on_the_pool_fills_the_cache_an_edit_then_hits(clips, tmp_path):

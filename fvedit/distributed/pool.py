@@ -103,6 +103,16 @@ class UNetWorker:
         return {"name": self.name, "pid": os.getpid(), "weights": weights_fingerprint(self.weights.manifest),
                 "backend": backend_label(self.eps_model)}
 
+    def detect(self, frame: np.ndarray, detector: str, align: str) -> list:
+        """The faces in one frame, by this worker's own detector (built once, kept)."""
+        from fvedit.face.detect import detector_settings, make_detector
+
+        key = (detector, align)
+        if getattr(self, "_detector_key", None) != key:
+            self._detector = make_detector(detector, **detector_settings(align))
+            self._detector_key = key
+        return self._detector.detect(frame)
+
     def run(self, job: BatchJob) -> BatchResult:
         import torch
 
@@ -127,6 +137,7 @@ class WorkerTimes:
 
     tasks: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    detections: int = 0  # frames whose faces the workers detected
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, result: BatchResult) -> None:
@@ -231,10 +242,7 @@ class WorkerPool:
             job = next(source, None)
             if job is None:
                 return False
-            with self.times.lock:
-                actor = self.actors[self._next % len(self.actors)]
-                self._next += 1
-            pending.append((job.frames, actor.run.remote(job)))
+            pending.append((job.frames, self.next_actor().run.remote(job)))
             return True
 
         while len(pending) < ahead and submit():
@@ -247,6 +255,12 @@ class WorkerPool:
             self.times.add(result)
             submit()
             yield result
+
+    def next_actor(self):
+        with self.times.lock:
+            actor = self.actors[self._next % len(self.actors)]
+            self._next += 1
+        return actor
 
     def close(self) -> None:
         for a in getattr(self, "actors", []):
@@ -264,3 +278,44 @@ class WorkerPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class PoolDetector:
+    """Face detection on the workers, ahead of the tracker: the align pass's `(detector, ahead)`
+    as `fvedit.face.pool.PooledDetector` gives it, with Ray actors for threads. `frames` submits
+    each frame's detection `ahead` frames early; `detect` returns it. The re-checks of short gaps
+    (`detect_near`) need the previous frames' faces, so they run here on this process's own
+    detector, as they do with the thread pool. Results are the serial detector's, frame for frame."""
+
+    def __init__(self, pool: WorkerPool, detector: str, align: str):
+        from fvedit.face.detect import detector_settings, make_detector
+
+        self.pool, self.detector, self.align = pool, detector, align
+        self._own = make_detector(detector, **detector_settings(align))
+        self.name = getattr(self._own, "name", detector)
+        if callable(getattr(self._own, "detect_near", None)):
+            self.detect_near = self._own.detect_near
+        self._pending: dict[int, object] = {}
+        self.ahead = 2 * len(pool.actors)
+
+    def frames(self, frames):
+        window: deque = deque()
+        for frame in frames:
+            self._pending[id(frame)] = self.pool.next_actor().detect.remote(frame, self.detector, self.align)
+            window.append(frame)
+            if len(window) > self.ahead:
+                yield window.popleft()
+        while window:
+            yield window.popleft()
+
+    def detect(self, frame: np.ndarray) -> list:
+        ref = self._pending.pop(id(frame), None)
+        if ref is None:
+            return self._own.detect(frame)
+        faces = self.pool._get(ref)
+        with self.pool.times.lock:
+            self.pool.times.detections += 1
+        return faces
+
+    def close(self) -> None:
+        self._pending.clear()

@@ -1,8 +1,8 @@
 """`fvedit edit/encode VIDEO... --workers N [--ray-address ADDR]`: the jobs over a Ray worker pool.
 
-Per video, in this process: the analysis (decode, detect, track and smooth, crop, the identity
-mean), as `fvedit.pipeline.scheduler.analyse` runs it, with the encoders of each crop batch on
-the workers (`pool_encoder`), so the one identity (a float64 mean in frame order) and the cache
+Per video, in this process: the analysis (decode, track and smooth, crop, the identity mean), as
+`fvedit.pipeline.scheduler.analyse` runs it, with each frame's face detection (`pool_detectors`)
+and the encoders of each crop batch (`pool_encoder`) on the workers, so the one identity (a float64 mean in frame order) and the cache
 key are those of a single-process run. On the workers: the inversion of every batch (x_T comes
 back and is written to the encode cache here), then the decode with the one edited identity,
 fetched ahead in plan order while this process pastes and writes the frames in order
@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from fvedit.diffusion.spec import SamplerSpec
-from fvedit.distributed.pool import BatchJob, WorkerPool, WorkerSpec, import_ray
+from fvedit.distributed.pool import BatchJob, PoolDetector, WorkerPool, WorkerSpec, import_ray
 from fvedit.errors import InputError
 from fvedit.pipeline.batches import FrameBatch, plan_batches
 from fvedit.pipeline.cache import Encoding, weights_fingerprint
@@ -75,6 +76,16 @@ def pool_encoder(pool: WorkerPool, sampler: SamplerSpec):
             yield rows, crops, z_id, z_lnd
 
     return encode_many
+
+
+@contextmanager
+def pool_detectors(pool: WorkerPool, opts: PipelineOptions):
+    """The align pass's (detector, ahead) with the detection on the workers (`PoolDetector`)."""
+    detector = PoolDetector(pool, opts.detector, opts.align)
+    try:
+        yield detector, detector.frames
+    finally:
+        detector.close()
 
 
 class PoolDecoder:
@@ -225,7 +236,7 @@ def _analyse_one(k: int, video: Path, weights, eps_model, opts: PipelineOptions,
     elif not opts.quiet:
         echo(f"analysing {video} while the workers edit the video before it")
     analysis = analyse(video, weights, eps_model, opts if k == 0 else replace(opts, quiet=True), times, echo,
-                       encode_many=pool_encoder(pool, opts.sampler))
+                       encode_many=pool_encoder(pool, opts.sampler), detectors=pool_detectors(pool, opts))
     return analysis, times, started
 
 

@@ -141,9 +141,10 @@ def _writable_cache_dir(preferred: Path, echo: Echo) -> Path:
 
 
 def analyse(video: Path, weights: LoadedWeights, eps_model: EpsModel, opts: PipelineOptions, times: StageTimes,
-            echo: Echo = print, encode_many: EncodeMany | None = None) -> Analysis:
+            echo: Echo = print, encode_many: EncodeMany | None = None, detectors=None) -> Analysis:
     """The cached encoding when a verified one exists; else align, crop and encode the video into
-    a pending encoding (x_T still to come). `encode_many`: where the encoders run (`_crop_pass`)."""
+    a pending encoding (x_T still to come). `encode_many`: where the encoders run (`_crop_pass`);
+    `detectors`: where face detection runs (`align_pass`)."""
     with times.stage("probe"):
         info = probe(video)
         if info.frame_count == 0:
@@ -173,7 +174,7 @@ def analyse(video: Path, weights: LoadedWeights, eps_model: EpsModel, opts: Pipe
 
     size, n = weights.config.image_size, info.frame_count
     with times.stage("track + align"):
-        alignment = align_pass(video, n, size, opts, faces)
+        alignment = align_pass(video, n, size, opts, faces, detectors)
     for note in alignment_notes(alignment, opts):
         echo(f"note: {note}")
     writer = EncodingWriter(
