@@ -26,18 +26,19 @@ loop only does float32 tensor arithmetic: sync-free and capturable.
 Time convention: t is the model timestep in [0, 999] (`VPSchedule`). The clean image is the
 state at t = 0 (alpha-bar = 0.9999), exactly as in the official DDIM inversion, and x_T lives
 at t = 999 by default (DDIM with T = 1000 puts it there too). `dpm_encode` integrates the same
-ODE from t = 0 up to 999 on the reversed grid; `dpm_decode` integrates it back down and, with
-`denoise_final`, spends its last model call on the clamped x0 at t = 0 (the same last step
-as the official DDIM decode).
+ODE from t = 0 up to 999 on the reversed grid; `dpm_decode` integrates it back down to the state
+at t = 0 or, with `denoise_final`, spends its last model call on the x0 predicted at t = 0 (the
+last step of the official DDIM decode).
 
 Defaults (15 calls per direction, order 3, logSNR grid, no x0 clamp; the decode with the
-corrector and ending at the state at t = 0, the encode without it) were chosen against the exact probability-flow solution on
-Gaussians with `bench/decode_accuracy.py` (README table): at 15 calls the corrector takes the
-relative error from 8e-3 to 2e-3; the final x0 call (what DDIM ends with) returns E[x0 | x at
-t = 0] instead of the state the encoder started from, a floor of 2-3e-3; clamping the x0
-predictions changes the answer wherever data leave [-1, 1] (70x worse there) and the pixel
-conversion clamps anyway. The first defaults (order 3, logSNR, x0 call, clamp) were chosen by measurement with `bench/sampler_roundtrip.py` on a Gaussian model with closed-form
-eps (round trip MAE on [-1, 1] images, 15 calls each way): DDIM 6.9e-2; DPM++ order 3 logSNR
+corrector and ending at the state at t = 0, the encode without it) were chosen against the exact
+probability-flow solution on Gaussians with `bench/decode_accuracy.py` (README table): at 15
+calls the corrector takes the relative error from 8e-3 to 2e-3; the final x0 call (what DDIM
+ends with) returns E[x0 | x at t = 0] instead of the state the encoder started from, a floor of
+2-3e-3; clamping the x0 predictions changes the answer wherever data leave [-1, 1] (500x worse
+there at 15 calls) and the pixel conversion clamps anyway. The first defaults (order 3, logSNR,
+x0 call, clamp) were chosen by measurement with `bench/sampler_roundtrip.py` on a Gaussian model
+with closed-form eps (round trip MAE on [-1, 1] images, 15 calls each way): DDIM 6.9e-2; DPM++ order 3 logSNR
 9.7e-4 (floor 7.2e-4 = the final x0 step itself, which DDIM-1000 also takes), time_quadratic
 4.0e-3, time_uniform 2.5e-2; order 2 logSNR 1.4e-3. Uniform-in-time grids spend too few steps
 near t = 0 where lambda changes fastest, which is what limits the inversion; order 3 wins from
