@@ -374,3 +374,31 @@ def test_delta_paste_of_an_exact_reconstruction_returns_the_input_frames(face_vi
     assert len(delta) == len(recorded) == len(inputs) == 6
     assert all(np.array_equal(a, b) for a, b in zip(delta, inputs))
     assert not all(np.array_equal(a, b) for a, b in zip(recorded, inputs))
+
+
+def test_stage_outputs_are_c_order_and_any_layout_decodes_alike():
+    """The UNet returns a strided x_T; a strided input takes other conv kernels and changes the
+    decode's rounding. invert_batch returns C order (as the cache stores it) and decode_batch gives
+    any layout of the same values the C-order result, so x_T handed over in memory (the Ray
+    workers' invert + decode) decodes as x_T read back from the cache."""
+    from fvedit.pipeline.decode import decode_batch
+    from fvedit.pipeline.invert import invert_batch
+    from fvedit.pipeline.jobs import make_eps_model
+    from fvedit.weights.loading import load_for_run
+
+    dev = torch.device("cpu")
+    w = load_for_run(None, "tiny", dev, echo=lambda m: None)
+    eps = make_eps_model(w, "reference", dev, "fp32", 1, None)
+    s = w.config.image_size
+    g = np.random.default_rng(0)
+    crops = g.integers(0, 256, (2, s, s, 3), dtype=np.uint8)
+    z_lnd = g.normal(size=(2, w.config.encoder.lnd_dim)).astype(np.float32)
+    z = torch.from_numpy(g.normal(size=w.config.encoder.id_dim).astype(np.float32))
+    keep, spec = np.arange(2), SamplerSpec("dpm", 2)
+    x_T = invert_batch(w.model, eps, spec, crops, z_lnd, z, keep, dev)
+    assert x_T.flags.c_contiguous and np.abs(x_T).max() > 0
+    strided = np.ascontiguousarray(x_T.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # channels-last layout
+    assert not strided.flags.c_contiguous and np.array_equal(strided, x_T)
+    a = decode_batch(w.model, eps, spec, x_T, z_lnd, z, keep, dev)
+    b = decode_batch(w.model, eps, spec, strided, z_lnd, z, keep, dev)
+    assert np.array_equal(a, b)

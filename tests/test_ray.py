@@ -102,10 +102,18 @@ def test_workers_1_2_3_write_the_same_video(clips, tmp_path, recorded):
     frames = {w: edit(video, tmp_path / f"w{w}.mp4", tmp_path, w, recorded) for w in (1, 2, 3)}
     assert len(frames[1]) == 6
     assert not same(frames[1], decoded(video))  # the face was edited
+    from fvedit.pipeline.cache import load_encoding
+
+    def x_T(w):  # each run's cache holds its one encoding
+        cache = tmp_path / f"cache-{w}-w{w}"
+        [folder] = [p for p in cache.iterdir() if not p.name.startswith(".")]
+        return load_encoding(cache, folder.name).x_T[:]
+
     for w in (2, 3):
         assert same(frames[1], frames[w]), w
         assert audio_packets(tmp_path / f"w{w}.mp4") == audio_packets(tmp_path / "w1.mp4") == audio_packets(video)
         assert len(decoded(tmp_path / f"w{w}.mp4")) == 6
+        assert np.array_equal(x_T(w), x_T(1))  # inverted and decoded in one task per batch, written here
 
 
 def test_a_re_edit_on_the_pool_reuses_the_single_process_encoding(clips, tmp_path, recorded):
@@ -245,18 +253,18 @@ def test_encode_on_the_pool_fills_the_cache_an_edit_then_hits(clips, tmp_path):
 def test_a_failing_video_leaves_no_output_and_no_pending_encoding(clips, tmp_path, monkeypatch):
     """The second of three edits fails: the first output stands, none is written for the second or
     third, and the third's analysis (already made, one video ahead) is aborted, not committed."""
-    from fvedit.distributed import ray_run
+    from fvedit.pipeline import scheduler
 
-    real = ray_run.invert_on_pool
+    real = scheduler.decode_and_paste
     calls = []
 
-    def failing(pool, enc, o, times):
+    def failing(*a, **k):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("worker pool failed")
-        return real(pool, enc, o, times)
+        return real(*a, **k)
 
-    monkeypatch.setattr(ray_run, "invert_on_pool", failing)
+    monkeypatch.setattr(scheduler, "decode_and_paste", failing)
     folder = tmp_path / "out"
     with pytest.raises(RuntimeError, match="worker pool failed"):
         run_jobs(clips, folder, EditRequest(["young"]), opts=opts(tmp_path), workers=2, **FAST)

@@ -64,11 +64,13 @@ class BatchJob:
     z_id: np.ndarray  # float32 [D]: the mean identity (invert) or the edited one (decode)
     keep: np.ndarray  # positions of the batch's own frames in the run
     frames: np.ndarray  # the batch's own frame indices (checked when the result comes back)
+    z_edit: np.ndarray | None = None  # "invert+decode": the edited identity the fresh x_T is decoded with
 
 
 @dataclass
 class BatchResult:
-    out: np.ndarray | tuple  # x_T [K,C,S,S], edited crops uint8 [K,S,S,3], or (z_id, z_lnd) for "encode"
+    out: np.ndarray | tuple  # x_T [K,C,S,S], edited crops uint8 [K,S,S,3], (z_id, z_lnd) for "encode",
+    # or (x_T, edited crops) for "invert+decode"
     frames: np.ndarray
     seconds: float  # time the worker spent on the task
     worker: str  # host:pid
@@ -125,9 +127,15 @@ class UNetWorker:
 
             out = encode_crops(self.weights.model.encoder, job.inputs, self.device)
             return BatchResult(out, job.frames, time.perf_counter() - started, self.name)
-        z = torch.from_numpy(job.z_id).to(self.device)
+        model, eps, sampler, dev = self.weights.model, self.eps_model, job.sampler, self.device
+        z = torch.from_numpy(job.z_id).to(dev)
+        if job.kind == "invert+decode":  # a batch without context frames: its x_T is the whole run
+            x_T = invert_batch(model, eps, sampler, job.inputs, job.z_lnd, z, job.keep, dev)
+            edited = decode_batch(model, eps, sampler, x_T, job.z_lnd, torch.from_numpy(job.z_edit).to(dev),
+                                  job.keep, dev)
+            return BatchResult((x_T, edited), job.frames, time.perf_counter() - started, self.name)
         stage = invert_batch if job.kind == "invert" else decode_batch
-        out = stage(self.weights.model, self.eps_model, job.sampler, job.inputs, job.z_lnd, z, job.keep, self.device)
+        out = stage(model, eps, sampler, job.inputs, job.z_lnd, z, job.keep, dev)
         return BatchResult(out, job.frames, time.perf_counter() - started, self.name)
 
 

@@ -3,10 +3,11 @@
 Per video, in this process: the analysis (decode, track and smooth, crop, the identity mean), as
 `fvedit.pipeline.scheduler.analyse` runs it, with each frame's face detection (`pool_detectors`)
 and the encoders of each crop batch (`pool_encoder`) on the workers, so the one identity (a float64 mean in frame order) and the cache
-key are those of a single-process run. On the workers: the inversion of every batch (x_T comes
-back and is written to the encode cache here), then the decode with the one edited identity,
-fetched ahead in plan order while this process pastes and writes the frames in order
-(`decode_and_paste` with the pool as its decoder). The next video is analysed in a thread
+key are those of a single-process run. On the workers: each batch's inversion and its decode with
+the one edited identity, in one task (x_T comes back and is written to the encode cache here;
+with cross-frame attention the inversion runs first, as a phase of its own), fetched ahead in plan
+order while this process pastes and writes the frames in order (`decode_and_paste` with the pool
+as its decoder). The next video is analysed in a thread
 meanwhile, so its analysis overlaps this video's work on the pool. The encode cache is the shared folder it always
 is: only this process reads and writes it, and the workers get their inputs through Ray's object
 store, so a cluster needs no shared disk and a re-edit on one machine reuses it.
@@ -88,18 +89,40 @@ def pool_detectors(pool: WorkerPool, opts: PipelineOptions):
         detector.close()
 
 
+def invert_decode_jobs(enc: Encoding, sampler: SamplerSpec, batches: list[FrameBatch],
+                       z_id: torch.Tensor) -> Iterator[BatchJob]:
+    z_mean = np.asarray(enc.z_id_mean, dtype=np.float32)
+    z_edit = z_id.detach().float().cpu().numpy()
+    for b in batches:
+        yield BatchJob("invert+decode", sampler, enc.crops.take(b.run), enc.z_lnd[b.run], z_mean, b.keep, b.frames,
+                       z_edit)
+
+
 class PoolDecoder:
     """The decode stage on the pool: jobs go out ahead in plan order, `__call__(batch)` returns the
-    next batch's crops (the scheduler asks for the batches in that same order)."""
+    next batch's crops (the scheduler asks for the batches in that same order).
 
-    def __init__(self, pool: WorkerPool, enc: Encoding, opts: PipelineOptions, z_id: torch.Tensor):
+    `invert=True` (a first edit without cross-frame attention): each job inverts its batch and
+    decodes the fresh x_T at once, as the in-process first edit does, so there is no inversion
+    phase before the decode; x_T is written to the pending encoding here as each batch returns.
+    With cross-frame attention a batch's run needs its neighbours' x_T, so the inversion then
+    runs first (`invert_on_pool`)."""
+
+    def __init__(self, pool: WorkerPool, enc: Encoding, opts: PipelineOptions, z_id: torch.Tensor,
+                 invert: bool = False):
         batches = plan_batches(enc.present, opts.batch_size, opts.temporal_window)
-        self.results = pool.map_ordered(decode_jobs(enc, opts.sampler, batches, z_id))
+        make = invert_decode_jobs if invert else decode_jobs
+        self.enc = enc
+        self.results = pool.map_ordered(make(enc, opts.sampler, batches, z_id))
 
     def __call__(self, batch: FrameBatch) -> np.ndarray:
         result = next(self.results, None)
         if result is None or not np.array_equal(result.frames, batch.frames):
             raise RuntimeError("the pool's decode results are out of step with the scheduler's batches")
+        if isinstance(result.out, tuple):
+            x_T, edited = result.out
+            self.enc.x_T.put(result.frames, x_T)
+            return edited
         return result.out
 
 
@@ -250,13 +273,14 @@ def _edit_on_pool(pool: WorkerPool, video: Path, output: Path | None, analysis, 
         with times.stage("edit identity"):
             identity = apply_edit(analysis.enc)
         hit = analysis.cache_hit
-        if not hit:
+        at_once = not hit and output is not None and opts.temporal_window == 1  # invert + decode per batch
+        if not hit and not at_once:
             invert_on_pool(pool, analysis.enc, opts, times)
         if output is not None:
             tags = {"comment": DEMO_TAG} if weights.is_demo else {}
             decode_and_paste(video, output, analysis.enc, analysis.info, weights, eps_model, identity.z_id, opts, times,
                              {"metadata": tags, "threads": opts.threads},
-                             decoder=PoolDecoder(pool, analysis.enc, opts, identity.z_id))
+                             decoder=PoolDecoder(pool, analysis.enc, opts, identity.z_id, invert=at_once))
         enc = analysis.finish()
     except BaseException:
         analysis.abort()

@@ -18,6 +18,7 @@ def decode_batch(model, eps_model, sampler: SamplerSpec, x_T: np.ndarray, z_lnd:
     the edited identity, the same for every frame of the video."""
     with torch.no_grad():
         z_face = model.encoder.fuse(z_id[None], torch.from_numpy(z_lnd).to(device))
-        decoded = sampler.decode(lambda x, t: eps_model(x, t, z_face), torch.from_numpy(x_T).to(device))
+        x = torch.from_numpy(np.ascontiguousarray(x_T)).to(device)  # any layout decodes as the cache's C order
+        decoded = sampler.decode(lambda x, t: eps_model(x, t, z_face), x)
         synchronize(eps_model)
         return tensor_to_crops(decoded[torch.from_numpy(keep)])

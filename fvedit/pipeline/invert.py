@@ -22,4 +22,6 @@ def invert_batch(model, eps_model, sampler: SamplerSpec, crops: np.ndarray, z_ln
         z_face = model.encoder.fuse(z_mean[None], torch.from_numpy(z_lnd).to(device))
         x_T = sampler.encode(lambda x, t: eps_model(x, t, z_face), x0)
         synchronize(eps_model)
-        return x_T[torch.from_numpy(keep)].cpu().numpy()
+        # C order, as the encode cache stores it: a strided x_T (the UNet's layout) would take other
+        # conv kernels in the decode and change its rounding
+        return np.ascontiguousarray(x_T[torch.from_numpy(keep)].cpu().numpy())
