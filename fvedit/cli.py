@@ -273,8 +273,6 @@ def edit(
         raise InputError("--no-cache and --from-cache contradict each other; use one")
     opts.require_cache = from_cache
     opts.precision, opts.temporal_window, opts.metrics = precision, temporal_window, metrics
-    if metrics and (workers > 1 or ray_address):
-        raise InputError("--metrics runs in this process only; measure a Ray edit afterwards with `fvedit metrics`")
     run_jobs(list(videos), output, EditRequest(list(attr), strength, text, neutral, clip_steps, seed), preset=preset,
              weights_dir=weights_dir, device=device, backend=backend, opts=opts, workers=workers, address=ray_address)
 

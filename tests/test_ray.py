@@ -293,6 +293,26 @@ def test_several_outputs_need_a_folder_and_distinct_names(clips, tmp_path):
         run_jobs([clips[0], twin], tmp_path / "o", EditRequest([]), opts=opts(tmp_path), workers=2, **FAST)
 
 
+def test_cli_edit_on_two_workers_with_metrics(clips, tmp_path, capsys):
+    """The CLI path end to end: two videos, two workers, --metrics measured here for each output."""
+    import json
+
+    from fvedit.cli import main
+
+    folder = tmp_path / "cli"
+    try:
+        main(["edit", str(clips[0]), str(clips[1]), "-o", str(folder), "--attr", "young", "--workers", "2",
+              "--metrics", "--steps", "2", "--preset", "tiny", "--backend", "reference", "--threads", "1",
+              "--cache-dir", str(tmp_path / "cache")])
+    except SystemExit as stop:
+        assert stop.code in (0, None), capsys.readouterr().err
+    for clip in clips[:2]:
+        out = folder / clip.name
+        assert len(decoded(out)) == len(decoded(clip))
+        data = json.loads(out.with_suffix(".metrics.json").read_text())
+        assert "tl_id" in json.dumps(data).lower()
+
+
 def test_output_names_for_several_inputs(clips, tmp_path):
     from fvedit.pipeline.jobs import plan_outputs
 

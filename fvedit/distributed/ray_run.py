@@ -290,6 +290,10 @@ def _edit_on_pool(pool: WorkerPool, video: Path, output: Path | None, analysis, 
                           passed_through=enc.num_absent, bridged=enc.num_bridged, wall_s=time.perf_counter() - started)
     if not opts.quiet:
         print_summary(summary, weights, f"{backend_label(eps_model)} on {workers} Ray workers", opts)
+    if opts.metrics and output is not None:  # measured here, as one process measures its own edit
+        from fvedit.pipeline.jobs import report_metrics
+
+        report_metrics(video, output, weights, enc, opts.device, opts.quiet)
     return summary
 
 
