@@ -61,46 +61,38 @@ CArray<uint8_t> warp_crops(const CArray<uint8_t>& frames, const CArray<float>& h
   return out;
 }
 
-void paste_blend_inplace(CArray<uint8_t>& frames, const CArray<uint8_t>& crops, const CArray<float>& alphas,
-                         const CArray<float>& hom_f32, const CArray<double>& hom_f64) {
+// The checks and call both in-place pastes share; `Src` is the crop (uint8) or delta (float32) type.
+template <typename Src, typename Kernel>
+void paste_inplace(const char* op, CArray<uint8_t>& frames, const CArray<Src>& src, const char* src_name,
+                   const char* src_type, const CArray<float>& alphas, const CArray<float>& hom_f32,
+                   const CArray<double>& hom_f64, Kernel kernel) {
   if (frames.ndim() != 4 || frames.shape(3) != 3) fail("frames must be uint8 [N, H, W, 3]");
-  if (!frames.writeable()) fail("frames must be writeable (paste_blend writes into them)");
+  if (!frames.writeable()) fail(std::string("frames must be writeable (") + op + " writes into them)");
   const py::ssize_t n = frames.shape(0);
-  if (crops.ndim() != 4) fail("crops must be uint8 [N, S, S, 3]");
-  const py::ssize_t s = crops.shape(1);
-  expect_shape(crops, "crops", {n, s, s, 3});
+  if (src.ndim() != 4) fail(std::string(src_name) + " must be " + src_type + " [N, S, S, 3]");
+  const py::ssize_t s = src.shape(1);
+  expect_shape(src, src_name, {n, s, s, 3});
   expect_shape(alphas, "alphas", {n, s, s});
   expect_hom(hom_f32, "H_frame_to_crop (float32)", n);
   expect_hom(hom_f64, "H_frame_to_crop (float64)", n);
   uint8_t* f = frames.mutable_data();
-  const uint8_t* c = crops.data();
+  const Src* c = src.data();
   const float* a = alphas.data();
   const float* h32 = hom_f32.data();
   const double* h64 = hom_f64.data();
   const int fh = static_cast<int>(frames.shape(1)), fw = static_cast<int>(frames.shape(2));
   py::gil_scoped_release nogil;
-  fvpix::paste_blend_cpu(f, n, fh, fw, c, a, static_cast<int>(s), h32, h64);
+  kernel(f, n, fh, fw, c, a, static_cast<int>(s), h32, h64);
+}
+
+void paste_blend_inplace(CArray<uint8_t>& frames, const CArray<uint8_t>& crops, const CArray<float>& alphas,
+                         const CArray<float>& hom_f32, const CArray<double>& hom_f64) {
+  paste_inplace("paste_blend", frames, crops, "crops", "uint8", alphas, hom_f32, hom_f64, fvpix::paste_blend_cpu);
 }
 
 void paste_delta_inplace(CArray<uint8_t>& frames, const CArray<float>& deltas, const CArray<float>& alphas,
                          const CArray<float>& hom_f32, const CArray<double>& hom_f64) {
-  if (frames.ndim() != 4 || frames.shape(3) != 3) fail("frames must be uint8 [N, H, W, 3]");
-  if (!frames.writeable()) fail("frames must be writeable (paste_delta writes into them)");
-  const py::ssize_t n = frames.shape(0);
-  if (deltas.ndim() != 4) fail("deltas must be float32 [N, S, S, 3]");
-  const py::ssize_t s = deltas.shape(1);
-  expect_shape(deltas, "deltas", {n, s, s, 3});
-  expect_shape(alphas, "alphas", {n, s, s});
-  expect_hom(hom_f32, "H_frame_to_crop (float32)", n);
-  expect_hom(hom_f64, "H_frame_to_crop (float64)", n);
-  uint8_t* f = frames.mutable_data();
-  const float* d = deltas.data();
-  const float* a = alphas.data();
-  const float* h32 = hom_f32.data();
-  const double* h64 = hom_f64.data();
-  const int fh = static_cast<int>(frames.shape(1)), fw = static_cast<int>(frames.shape(2));
-  py::gil_scoped_release nogil;
-  fvpix::paste_delta_cpu(f, n, fh, fw, d, a, static_cast<int>(s), h32, h64);
+  paste_inplace("paste_delta", frames, deltas, "deltas", "float32", alphas, hom_f32, hom_f64, fvpix::paste_delta_cpu);
 }
 
 #if defined(FVEDIT_WITH_CUDA)
