@@ -43,13 +43,27 @@ def options(work: Path, tag: str, faces: Path, steps: int, batch: int) -> Pipeli
                            quiet=True, threads=1, faces=faces)
 
 
-def run_cpu(video: Path, faces: Path, work: Path, workers: int, steps: int, batch: int) -> tuple[float, float, dict]:
-    opts = options(work, f"cpu{workers}", faces, steps, batch)
+def _timed(run) -> tuple[float, float, dict]:
+    """(wall s, steady s = wall less weight loading and the workers' start, stage seconds) of run()."""
     t0 = time.perf_counter()
-    [s] = run_jobs([video], work / f"cpu{workers}.mp4", EditRequest(["young"]), opts=opts, workers=workers,
-                   preset="tiny", weights_dir=None, device="cpu", backend="reference")
+    [s] = run()
     wall = time.perf_counter() - t0
     return wall, wall - sum(s.times.seconds.get(k, 0.0) for k in STARTUP), dict(s.times.seconds)
+
+
+def run_cpu(video: Path, faces: Path, work: Path, workers: int, steps: int, batch: int,
+            on_ray: bool) -> tuple[float, float, dict]:
+    """The real tiny UNet: in this process, or on the Ray pool (also with one worker, which
+    run_jobs would send to the in-process path)."""
+    from fvedit.distributed.ray_run import run_on_pool
+
+    tag = f"{'ray' if on_ray else 'cpu'}{workers}"
+    opts = options(work, tag, faces, steps, batch)
+    common = dict(preset="tiny", weights_dir=None, device="cpu", backend="reference", opts=opts)
+    if on_ray:
+        return _timed(lambda: run_on_pool([(video, work / f"{tag}.mp4")], EditRequest(["young"]), workers=workers,
+                                          address=None, **common))
+    return _timed(lambda: run_jobs([video], work / f"{tag}.mp4", EditRequest(["young"]), workers=1, **common))
 
 
 def run_simulated(video: Path, faces: Path, work: Path, workers: int, steps: int, batch: int,
@@ -68,10 +82,9 @@ def run_simulated(video: Path, faces: Path, work: Path, workers: int, steps: int
         return wall, wall, dict(times.seconds)
     from fvedit.distributed.ray_run import run_on_pool
 
-    [s] = run_on_pool([(video, work / f"sim{workers}.mp4")], EditRequest([]), preset="tiny", weights_dir=None,
-                      device="cpu", backend="reference", opts=opts, workers=workers, address=None, simulate_ms=ms)
-    wall = time.perf_counter() - t0
-    return wall, wall - sum(s.times.seconds.get(k, 0.0) for k in STARTUP), dict(s.times.seconds)
+    return _timed(lambda: run_on_pool([(video, work / f"sim{workers}.mp4")], EditRequest([]), preset="tiny",
+                                      weights_dir=None, device="cpu", backend="reference", opts=opts, workers=workers,
+                                      address=None, simulate_ms=ms))
 
 
 def _unedited(enc):
@@ -100,10 +113,7 @@ def main() -> None:
         try:
             if not args.skip_cpu:
                 for workers, label in ((1, "in-process"), (1, "ray"), (2, "ray")):
-                    if label == "in-process":
-                        wall, steady, st = run_cpu(video, faces, work, 1, args.steps, args.batch)
-                    else:
-                        wall, steady, st = _ray_cpu(video, faces, work, workers, args.steps, args.batch)
+                    wall, steady, st = run_cpu(video, faces, work, workers, args.steps, args.batch, label == "ray")
                     rows.append(("cpu", label, workers, wall, steady, st))
                     print(f"done cpu {label} {workers}: {wall:.1f} s", file=sys.stderr, flush=True)
             for workers, label in ((0, "in-process"), (1, "ray"), (2, "ray")):
@@ -128,18 +138,6 @@ def main() -> None:
     print("\nstages (s):")
     for device, label, workers, _, _, st in rows:
         print(f"  {device} {label} {workers}: " + ", ".join(f"{k} {v:.1f}" for k, v in st.items()))
-
-
-def _ray_cpu(video, faces, work, workers, steps, batch):
-    """run_jobs sends --workers 1 to the in-process path; the Ray path with one worker is asked for here."""
-    from fvedit.distributed.ray_run import run_on_pool
-
-    opts = options(work, f"ray{workers}", faces, steps, batch)
-    t0 = time.perf_counter()
-    [s] = run_on_pool([(video, work / f"ray{workers}.mp4")], EditRequest(["young"]), preset="tiny", weights_dir=None,
-                      device="cpu", backend="reference", opts=opts, workers=workers, address=None)
-    wall = time.perf_counter() - t0
-    return wall, wall - sum(s.times.seconds.get(k, 0.0) for k in STARTUP), dict(s.times.seconds)
 
 
 if __name__ == "__main__":

@@ -17,46 +17,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from fvedit.diffusion import dpm_decode  # noqa: E402
 from test_bdia import DtypeGaussian  # noqa: E402
+from test_decode_default import INSIDE, OPTIONS as TESTED_OPTIONS, OUTSIDE, relative_error  # noqa: E402
 
 CALLS = (10, 15, 20, 50)
-DEFAULT = dict(order=3, grid="logSNR", denoise_final=False, lower_order_final=None, corrector=True,
-               clamp=False)
+# the options the test checks against the default, plus rows for the README's comparison
 OPTIONS = {
     "default (order 3 + corrector, logSNR, no x0 step, no clamp)": {},
-    "no corrector (the old default had none)": dict(corrector=False),
     "old default (no corrector, x0 step, clamp)": dict(corrector=False, denoise_final=True, clamp=True),
-    "order 2": dict(order=2),
-    "order 1 (DDIM steps)": dict(order=1),
-    "lower_order_final on": dict(lower_order_final=True),
     "lower_order_final off": dict(lower_order_final=False),
-    "final x0 step": dict(denoise_final=True),
-    "grid time_uniform": dict(grid="time_uniform"),
-    "grid time_quadratic": dict(grid="time_quadratic"),
-    "clamp x0": dict(clamp=True),
+    **TESTED_OPTIONS,
 }
 
 
 def problems():
-    yield "inside A", DtypeGaussian(seed=0)
-    yield "inside B", DtypeGaussian(mu_range=0.3, s_range=(0.1, 0.3), seed=3)
-    yield "inside C", DtypeGaussian(mu_range=0.7, s_range=(0.02, 0.1), seed=11)
-    yield "outside [-1,1]", DtypeGaussian(mu_range=(0.9, 1.3), s_range=(0.1, 0.3), seed=7)
+    for name, params in INSIDE.items():
+        yield f"inside {name}", DtypeGaussian(**params)
+    yield "outside [-1,1]", DtypeGaussian(**OUTSIDE)
 
 
 def relative_errors() -> dict[tuple[str, str, int], float]:
-    """(problem, option, calls) -> mean |decode - exact| / mean |exact|."""
-    out = {}
-    for label, g in problems():
-        exact = g.images(4).double()
-        x_T = g.flow(exact, 0, 999).float()
-        for name, change in OPTIONS.items():
-            kw = {**DEFAULT, **change}
-            for n in CALLS:
-                dec = dpm_decode(g.eps, x_T, n, **kw).double()
-                out[label, name, n] = ((dec - exact).abs().mean() / exact.abs().mean()).item()
-    return out
+    """(problem, option, calls) -> mean |decode - exact| / mean |exact| (library defaults + option)."""
+    return {(label, name, n): relative_error(g, n, **change)
+            for label, g in problems() for name, change in OPTIONS.items() for n in CALLS}
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -28,7 +28,6 @@ import torch
 
 from fvedit.diffusion.spec import SamplerSpec
 from fvedit.distributed.pool import BatchJob, PoolDetector, WorkerPool, WorkerSpec, import_ray
-from fvedit.errors import InputError
 from fvedit.pipeline.batches import FrameBatch, plan_batches
 from fvedit.pipeline.cache import Encoding, weights_fingerprint
 from fvedit.pipeline.options import EditSummary, PipelineOptions
@@ -171,7 +170,7 @@ def run_on_pool(
         spec = WorkerSpec(str(weights_dir) if weights_dir else None, preset, dev.type, backend, opts.precision,
                           opts.temporal_window, opts.threads or 1, simulate_ms)
         with load_times.stage("start workers"), \
-                console.status(f"starting {workers} Ray workers", spinner="dots") if not opts.quiet else _nothing():  # fmt: skip
+                console.status(f"starting {workers} Ray workers", spinner="dots") if not opts.quiet else nullcontext():  # fmt: skip
             pool = WorkerPool(workers, spec, address)
         with pool:
             pool.check_matches(weights_fingerprint(weights.manifest), backend_label(eps_model))
@@ -299,24 +298,6 @@ def _edit_on_pool(pool: WorkerPool, video: Path, output: Path | None, analysis, 
 
 def print_worker_times(pool: WorkerPool) -> None:
     say = console.print
-    say("workers (UNet tasks: inversion and decoding batches):")
+    say(f"workers (tasks: encoder, inversion and decode batches; {pool.times.detections} frames detected):")
     for name in sorted(pool.times.tasks):
         say(f"  {name:<28}{pool.times.tasks[name]:6d} tasks {pool.times.seconds[name]:9.2f} s")
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return None
-
-
-def check_worker_options(workers: int, address: str | None, n_videos: int) -> None:
-    """The option checks that need no Ray: one line each, before any work."""
-    if workers < 1:
-        raise InputError(f"--workers must be at least 1, got {workers}")
-    if address is not None and not address.strip():
-        raise InputError("--ray-address is empty; give host:port of the cluster's head, or leave it out")
-    if n_videos < 1:
-        raise InputError("give at least one video")
