@@ -165,6 +165,8 @@ def make_face_video(
     crf: int = 16,
     hidden_frames: Iterable[int] = (),
     blurred_frames: Iterable[int] = (),
+    keyint: int | None = None,
+    open_gop: bool = False,
 ) -> Path:
     """Write a synthetic face video to `path` (any FFmpeg container by extension) and return it.
 
@@ -175,11 +177,15 @@ def make_face_video(
     The audio is a 440/660 Hz stereo AAC tone lasting exactly as long as the video.
     `hidden_frames` are drawn as background only, as when the person leaves the shot;
     `blurred_frames` are blurred as by fast motion, so a detector may miss the face there.
+    `keyint`: a keyframe every that many frames (x264's default is 250), so seeking has several
+    to land on; `open_gop`: x264's open GOPs, whose B-frames before a keyframe reference the GOP before.
     """
     scene = FaceScene(width=size[0], height=size[1], frames=frames, faces=faces, face_scale=face_scale,
                       motion=motion, hidden=frozenset(int(i) for i in hidden_frames),
                       blurred=frozenset(int(i) for i in blurred_frames))
-    return _write_scene(path, scene, fps=fps, audio=audio, rotation_meta=rotation_meta, vfr=vfr, crf=crf)
+    gop = f":keyint={keyint}:min-keyint=1:scenecut=0" if keyint else ""
+    gop += ":open-gop=1" if open_gop else ""
+    return _write_scene(path, scene, fps=fps, audio=audio, rotation_meta=rotation_meta, vfr=vfr, crf=crf, gop=gop)
 
 
 def make_no_face_video(
@@ -234,7 +240,8 @@ def make_corrupt_video(path: str | os.PathLike, source: str | os.PathLike) -> Pa
 # -- encoding ------------------------------------------------------------------------------
 
 
-def _write_scene(path, scene: FaceScene, *, fps, audio: bool, rotation_meta: int, vfr: bool, crf: int) -> Path:
+def _write_scene(path, scene: FaceScene, *, fps, audio: bool, rotation_meta: int, vfr: bool, crf: int,
+                 gop: str = "") -> Path:
     import av  # imported here: the rest of fvedit imports without PyAV
     path = Path(path)
     if rotation_meta not in ROTATIONS:
@@ -256,7 +263,7 @@ def _write_scene(path, scene: FaceScene, *, fps, audio: bool, rotation_meta: int
             "crf": str(crf),
             "preset": "veryfast",
             "threads": "1",
-            "x264-params": "sync-lookahead=0",
+            "x264-params": "sync-lookahead=0" + gop,
         }
         if rotation_meta:
             stream.set_display_rotation(-rotation_meta)  # PyAV counts counter-clockwise

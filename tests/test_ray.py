@@ -13,6 +13,7 @@ not reproduce its own output from identical frames run to run, even with one thr
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -200,13 +201,15 @@ def test_three_videos_in_one_call_keep_their_names(clips, tmp_path, recorded, mo
         assert len(decoded(s.output)) == s.frames and audio_packets(s.output) == audio_packets(clip)
 
 
-def test_the_pool_encodes_exactly_what_one_process_encodes(clips, tmp_path):
-    """Quads and landmarks (detection ran on the workers), crops, identities (so did the encoders),
-    landmark features and x_T are equal to a single-process encoding's, and so is the identity
-    mean the edit moves."""
+def test_the_pool_encodes_exactly_what_one_process_encodes(tmp_path):
+    """Quads and landmarks (the workers decoded and detected chunks of frames), crops, identities
+    (they cut the crops and ran the encoders too), landmark features and x_T are equal to a
+    single-process encoding's, and so is the identity mean the edit moves. A keyframe every 3
+    frames: chunks start mid-GOP and after a keyframe."""
     from fvedit.pipeline.cache import load_encoding
 
-    video = clips[1]
+    video = make_face_video(tmp_path / "gop.mp4", frames=8, size=(160, 120), fps=25, audio=False, face_scale=0.6,
+                            keyint=3)
     encodings, pools = [], []
     for workers in (1, 2):
         cache = tmp_path / f"enc{workers}"
@@ -214,8 +217,8 @@ def test_the_pool_encodes_exactly_what_one_process_encodes(clips, tmp_path):
         [s] = run_jobs([video], None, EditRequest([]), encode_only=True, opts=opts(tmp_path, cache_dir=cache),
                        workers=workers, **FAST, **extra)
         encodings.append(load_encoding(cache, s.cache_folder.name))
-    assert sum(pools[0].times.tasks.values()) == 6  # 3 encoder batches + 3 inversion batches ran on the pool
-    assert pools[0].times.detections == 6  # and every frame's face detection
+    # 8 frames in batches of 2 on 2 workers: chunks of one batch (4 detected, 4 cropped + encoded), 4 inversions
+    assert sum(pools[0].times.tasks.values()) == 12
     one, pool = encodings
     assert one.folder.name == pool.folder.name  # the same cache key
     for name in ("crops", "x_T"):
@@ -279,6 +282,36 @@ def test_a_cluster_without_the_gpus_is_refused_before_any_work():
     spec = WorkerSpec(None, "tiny", "cuda", "reference", "fp32", 1, 1)
     with pytest.raises(InputError, match=r"--workers 2 on cuda needs 2 GPUs, but the Ray instance has 0"):
         WorkerPool(2, spec)
+
+
+def test_a_worker_on_another_node_reads_the_video_from_the_object_store(clips, tmp_path):
+    """Where the driver's path is missing, or holds another file, on a worker's node, the worker
+    writes the bytes the driver put in the object store to a file of its own, once per video."""
+    import socket
+
+    from fvedit.distributed.chunks import VideoSource
+    from fvedit.distributed.pool import UNetWorker
+    from fvedit.pipeline.cache import file_sha256
+
+    video = clips[0]
+    worker = object.__new__(UNetWorker)  # the method under test needs no model
+    worker.name, worker._videos = "node-b:1", {}
+    sha, size, data = file_sha256(video), video.stat().st_size, [ray.put(video.read_bytes())]
+    here = VideoSource(str(video), size, sha, socket.gethostname())
+    assert worker._video_path(here) == str(video)  # the driver's host: its own path
+    worker._videos.clear()
+    impostor = tmp_path / "impostor.mp4"  # the same path on another node, the same size, other bytes
+    impostor.write_bytes(bytes(size))
+    for path in (tmp_path / "missing.mp4", impostor):
+        worker._videos.clear()
+        away = VideoSource(str(path), size, sha, "node-a", data)
+        copy = Path(worker._video_path(away))
+        assert copy != path and copy.read_bytes() == video.read_bytes()
+        assert worker._video_path(away) == str(copy)  # once per video
+        shutil.rmtree(copy.parent)
+    worker._videos.clear()
+    with pytest.raises(InputError, match="cannot read .*missing.mp4"):
+        worker._video_path(VideoSource(str(tmp_path / "missing.mp4"), size, sha, socket.gethostname()))
 
 
 def test_several_outputs_need_a_folder_and_distinct_names(clips, tmp_path):

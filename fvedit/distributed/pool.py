@@ -1,6 +1,8 @@
-"""A pool of Ray actors that each hold the UNet once and invert or decode batches, in order.
+"""A pool of Ray actors that each hold the model once and run the pipeline's tasks, in order.
 
-A task is one `FrameBatch` of the in-process plan with its inputs (crops or x_T, landmark features,
+A task is a chunk of phase A (`fvedit.distributed.chunks.ChunkJob`: the worker decodes its frames
+itself and detects faces, or cuts crops and runs the encoders) or one `FrameBatch` of the
+in-process plan (`BatchJob`: inversion and/or decode, with crops or x_T, landmark features and
 the one identity). Tasks are pure, so a worker that dies is restarted by Ray and its tasks are run
 again with the same result (`max_restarts` / `max_task_retries`, `RETRIES` times: a worker that
 always crashes ends the run with one line instead of retrying forever). Results come back in submission
@@ -9,9 +11,12 @@ order with a bounded number in flight, so the driver can paste and write them as
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections import deque
@@ -23,7 +28,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from fvedit.diffusion.spec import SamplerSpec
+from fvedit.distributed.chunks import ChunkJob, VideoSource
 from fvedit.errors import FveditError, InputError
+from fvedit.video.seek import FrameRange
 
 RAY_HINT = "pip install 'fvedit[ray]'"
 RETRIES = 3  # restarts of a dead worker, and re-runs of each of its tasks (pure: the result is the same)
@@ -57,7 +64,7 @@ class WorkerSpec:
 
 @dataclass
 class BatchJob:
-    kind: str  # "invert" / "encode" (inputs: crops uint8 [B,S,S,3]) or "decode" (inputs: x_T float32 [B,C,S,S])
+    kind: str  # "invert" / "invert+decode" (inputs: crops uint8 [B,S,S,3]) or "decode" (inputs: x_T float32 [B,C,S,S])
     sampler: SamplerSpec
     inputs: np.ndarray
     z_lnd: np.ndarray  # [B, lnd_dim], the whole run
@@ -69,8 +76,8 @@ class BatchJob:
 
 @dataclass
 class BatchResult:
-    out: np.ndarray | tuple  # x_T [K,C,S,S], edited crops uint8 [K,S,S,3], (z_id, z_lnd) for "encode",
-    # or (x_T, edited crops) for "invert+decode"
+    out: object  # x_T [K,C,S,S], edited crops uint8 [K,S,S,3], (x_T, edited crops) for "invert+decode";
+    # for a chunk: each frame's faces ("detect") or (rows, crops, z_id, z_lnd) ("crop+encode")
     frames: np.ndarray
     seconds: float  # time the worker spent on the task
     worker: str  # host:pid
@@ -96,6 +103,7 @@ class UNetWorker:
             self.eps_model = make_eps_model(self.weights, spec.backend, self.device, spec.precision,
                                             spec.temporal_window, spec.threads)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self._videos: dict[str, str] = {}  # sha256 -> a local path to that video
 
     def describe(self) -> dict:
         """What the driver checks against its own: the weights and the backend that ran."""
@@ -105,28 +113,69 @@ class UNetWorker:
         return {"name": self.name, "pid": os.getpid(), "weights": weights_fingerprint(self.weights.manifest),
                 "backend": backend_label(self.eps_model)}
 
-    def detect(self, frame: np.ndarray, detector: str, align: str) -> list:
-        """The faces in one frame, by this worker's own detector (built once, kept)."""
+    def _detector(self, detector: str, align: str):
+        """This worker's face detector for (detector, align), built once and kept."""
         from fvedit.face.detect import detector_settings, make_detector
 
         key = (detector, align)
         if getattr(self, "_detector_key", None) != key:
-            self._detector = make_detector(detector, **detector_settings(align))
+            self._detector_obj = make_detector(detector, **detector_settings(align))
             self._detector_key = key
-        return self._detector.detect(frame)
+        return self._detector_obj
 
-    def run(self, job: BatchJob) -> BatchResult:
+    def can_recheck(self, detector: str, align: str) -> bool:
+        """Whether the detector has the tracker's second look (`detect_near`)."""
+        return callable(getattr(self._detector(detector, align), "detect_near", None))
+
+    def _video_path(self, video: VideoSource) -> str:
+        """A local path to the video: the driver's, when this node sees that very file, else a copy
+        of the file from the object store (once per worker and video)."""
+        known = self._videos.get(video.sha256)
+        if known is not None:
+            return known
+        path = Path(video.path)
+        same = path.is_file() and path.stat().st_size == video.size
+        if same and video.host != socket.gethostname():  # another node: the same file only if the hash says so
+            from fvedit.pipeline.cache import file_sha256
+
+            same = file_sha256(path) == video.sha256
+        if not same:
+            if not video.data:  # on the driver's own host: the file went away or changed during the run
+                raise InputError(f"Ray worker {self.name} cannot read {video.path}: it was moved or changed during the run")
+            import ray
+
+            folder = Path(tempfile.mkdtemp(prefix="fvedit-video-"))
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            path = folder / (video.sha256[:16] + path.suffix)
+            path.write_bytes(ray.get(video.data[0]))
+        self._videos[video.sha256] = str(path)
+        return str(path)
+
+    def _run_chunk(self, job: ChunkJob):
+        from fvedit.distributed.chunks import crop_and_encode, detect_frames
+        from fvedit.video.seek import read_frames
+
+        frames = read_frames(self._video_path(job.video), job.frames_at)
+        if job.kind == "detect":
+            return detect_frames(frames, self._detector(job.detector, job.align))
+        return crop_and_encode(frames, job, self.weights.model.encoder, self.device)
+
+    def detect_near(self, video: VideoSource, frame_at: FrameRange, box, detector: str, align: str) -> list:
+        """The tracker's second look at one frame (decoded here), for a gap in the track."""
+        from fvedit.video.seek import read_frames
+
+        [frame] = list(read_frames(self._video_path(video), frame_at))
+        return self._detector(detector, align).detect_near(frame.rgb, box)
+
+    def run(self, job: "BatchJob | ChunkJob") -> BatchResult:
         import torch
 
         from fvedit.pipeline.decode import decode_batch
         from fvedit.pipeline.invert import invert_batch
 
         started = time.perf_counter()
-        if job.kind == "encode":
-            from fvedit.pipeline.crop import encode_crops
-
-            out = encode_crops(self.weights.model.encoder, job.inputs, self.device)
-            return BatchResult(out, job.frames, time.perf_counter() - started, self.name)
+        if isinstance(job, ChunkJob):
+            return BatchResult(self._run_chunk(job), job.frames, time.perf_counter() - started, self.name)
         model, eps, sampler, dev = self.weights.model, self.eps_model, job.sampler, self.device
         z = torch.from_numpy(job.z_id).to(dev)
         if job.kind == "invert+decode":  # a batch without context frames: its x_T is the whole run
@@ -145,7 +194,6 @@ class WorkerTimes:
 
     tasks: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-    detections: int = 0  # frames whose faces the workers detected
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, result: BatchResult) -> None:
@@ -194,6 +242,8 @@ class WorkerPool:
                     raise InputError(f"cannot start or reach Ray{' at ' + address if address else ''}: {one_line(err)}") from None
             self.started_ray = True
         try:
+            # another node may not see the driver's files: the videos then travel in the object store
+            self.multi_node = sum(1 for node in ray.nodes() if node.get("Alive")) > 1
             gpu = spec.device.startswith("cuda")
             resources = ray.cluster_resources()
             kind, have = ("GPU", resources.get("GPU", 0)) if gpu else ("CPU", resources.get("CPU", 0))
@@ -286,44 +336,3 @@ class WorkerPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-class PoolDetector:
-    """Face detection on the workers, ahead of the tracker: the align pass's `(detector, ahead)`
-    as `fvedit.face.pool.PooledDetector` gives it, with Ray actors for threads. `frames` submits
-    each frame's detection `ahead` frames early; `detect` returns it. The re-checks of short gaps
-    (`detect_near`) need the previous frames' faces, so they run here on this process's own
-    detector, as they do with the thread pool. Results are the serial detector's, frame for frame."""
-
-    def __init__(self, pool: WorkerPool, detector: str, align: str):
-        from fvedit.face.detect import detector_settings, make_detector
-
-        self.pool, self.detector, self.align = pool, detector, align
-        self._own = make_detector(detector, **detector_settings(align))
-        self.name = getattr(self._own, "name", detector)
-        if callable(getattr(self._own, "detect_near", None)):
-            self.detect_near = self._own.detect_near
-        self._pending: dict[int, object] = {}
-        self.ahead = 2 * len(pool.actors)
-
-    def frames(self, frames):
-        window: deque = deque()
-        for frame in frames:
-            self._pending[id(frame)] = self.pool.next_actor().detect.remote(frame, self.detector, self.align)
-            window.append(frame)
-            if len(window) > self.ahead:
-                yield window.popleft()
-        while window:
-            yield window.popleft()
-
-    def detect(self, frame: np.ndarray) -> list:
-        ref = self._pending.pop(id(frame), None)
-        if ref is None:
-            return self._own.detect(frame)
-        faces = self.pool._get(ref)
-        with self.pool.times.lock:
-            self.pool.times.detections += 1
-        return faces
-
-    def close(self) -> None:
-        self._pending.clear()

@@ -1,24 +1,24 @@
 """`fvedit edit/encode VIDEO... --workers N [--ray-address ADDR]`: the jobs over a Ray worker pool.
 
-Per video, in this process: the analysis (decode, track and smooth, crop, the identity mean), as
-`fvedit.pipeline.scheduler.analyse` runs it, with each frame's face detection (`pool_detectors`)
-and the encoders of each crop batch (`pool_encoder`) on the workers, so the one identity (a float64 mean in frame order) and the cache
-key are those of a single-process run. On the workers: each batch's inversion and its decode with
-the one edited identity, in one task (x_T comes back and is written to the encode cache here;
-with cross-frame attention the inversion runs first, as a phase of its own), fetched ahead in plan
-order while this process pastes and writes the frames in order (`decode_and_paste` with the pool
-as its decoder). The next video is analysed in a thread
-meanwhile, so its analysis overlaps this video's work on the pool. The encode cache is the shared folder it always
-is: only this process reads and writes it, and the workers get their inputs through Ray's object
-store, so a cluster needs no shared disk and a re-edit on one machine reuses it.
+Per video, phase A (`fvedit.distributed.analysis`): the workers decode their own chunks of the
+video, detect the faces, then cut the crops and run the encoders; this process tracks and
+smooths in frame order and takes the one identity (a float64 mean in frame order), so it and the
+cache key are those of a single-process run. Phase B on the workers: each batch's inversion and
+its decode with the one edited identity, in one task (x_T comes back and is written to the
+encode cache here; with cross-frame attention the inversion runs first, as a phase of its own),
+fetched ahead in plan order. Phase C here: decode the video once more, paste and write the frames
+in order, copy the audio (`decode_and_paste` with the pool as its decoder). The next video is
+analysed in a thread meanwhile, so its phase A overlaps this video's phase B. The encode cache is
+the folder it always is: only this process reads and writes it, and the workers get their inputs
+through Ray's object store (the video itself too, where a worker's node cannot see its path), so
+a cluster needs no shared disk and a re-edit on one machine reuses it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from fvedit.diffusion.spec import SamplerSpec
-from fvedit.distributed.pool import BatchJob, PoolDetector, WorkerPool, WorkerSpec, import_ray
+from fvedit.distributed.analysis import PoolAnalysis
+from fvedit.distributed.pool import BatchJob, WorkerPool, WorkerSpec, import_ray
 from fvedit.pipeline.batches import FrameBatch, plan_batches
 from fvedit.pipeline.cache import Encoding, weights_fingerprint
 from fvedit.pipeline.options import EditSummary, PipelineOptions
@@ -55,37 +56,6 @@ def invert_on_pool(pool: WorkerPool, enc: Encoding, opts: PipelineOptions, times
         for result in pool.map_ordered(invert_jobs(enc, opts.sampler, batches)):
             enc.x_T.put(result.frames, result.out)
             adv(result.frames.size)
-
-
-def pool_encoder(pool: WorkerPool, sampler: SamplerSpec):
-    """The crop pass's `encode_many` on the pool: the identity and landmark encoders of each crop
-    batch run on the workers, in order, while this process decodes and cuts the next ones."""
-
-    def encode_many(batches):
-        sent: deque = deque()
-        empty = np.zeros(0, np.float32)
-
-        def jobs():
-            for rows, crops in batches:
-                sent.append((rows, crops))
-                yield BatchJob("encode", sampler, crops, empty, empty, np.arange(len(rows)), rows)
-
-        for result in pool.map_ordered(jobs()):
-            rows, crops = sent.popleft()
-            z_id, z_lnd = result.out
-            yield rows, crops, z_id, z_lnd
-
-    return encode_many
-
-
-@contextmanager
-def pool_detectors(pool: WorkerPool, opts: PipelineOptions):
-    """The align pass's (detector, ahead) with the detection on the workers (`PoolDetector`)."""
-    detector = PoolDetector(pool, opts.detector, opts.align)
-    try:
-        yield detector, detector.frames
-    finally:
-        detector.close()
 
 
 def invert_decode_jobs(enc: Encoding, sampler: SamplerSpec, batches: list[FrameBatch],
@@ -258,7 +228,7 @@ def _analyse_one(k: int, video: Path, weights, eps_model, opts: PipelineOptions,
     elif not opts.quiet:
         echo(f"analysing {video} while the workers edit the video before it")
     analysis = analyse(video, weights, eps_model, opts if k == 0 else replace(opts, quiet=True), times, echo,
-                       encode_many=pool_encoder(pool, opts.sampler), detectors=pool_detectors(pool, opts))
+                       passes=PoolAnalysis(pool))
     return analysis, times, started
 
 
@@ -298,6 +268,6 @@ def _edit_on_pool(pool: WorkerPool, video: Path, output: Path | None, analysis, 
 
 def print_worker_times(pool: WorkerPool) -> None:
     say = console.print
-    say(f"workers (tasks: encoder, inversion and decode batches; {pool.times.detections} frames detected):")
+    say("workers (tasks: chunks detected, chunks cropped + encoded, batches inverted and/or decoded):")
     for name in sorted(pool.times.tasks):
         say(f"  {name:<28}{pool.times.tasks[name]:6d} tasks {pool.times.seconds[name]:9.2f} s")

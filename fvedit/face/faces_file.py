@@ -83,7 +83,7 @@ def format_selection(select) -> str:
     return str(select)
 
 
-class _FrameIndex:
+class FramesById:
     """Which frame index a frame array was handed in as, by identity (the tracker hands back
     the very arrays of a pending gap to `detect_near`); entries go when the array is freed."""
 
@@ -129,7 +129,7 @@ class RecordingDetector:
         self.name = str(getattr(detector, "name", type(detector).__name__))
         self.detections: list[list[Face]] = []
         self.rechecks: list[tuple[int, Box, list[Face]]] = []
-        self._frames = _FrameIndex()
+        self._frames = FramesById()
         self.can_recheck = callable(getattr(detector, "detect_near", None))
         if self.can_recheck:
             self.detect_near = self._detect_near
@@ -372,7 +372,7 @@ class ReplayDetector:
         self.faces = faces if isinstance(faces, FacesFile) else load_faces(faces)
         self.name = self.faces.detector
         self._next = 0
-        self._frames = _FrameIndex()
+        self._frames = FramesById()
         if self.faces.can_recheck:
             self.detect_near = self._detect_near
 

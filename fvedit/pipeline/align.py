@@ -66,11 +66,9 @@ def face_detectors(opts: PipelineOptions, faces: FacesFile | None, frames: int =
         pool.close()
 
 
-def align_pass(video: Path, frames: int, size: int, opts: PipelineOptions, faces: FacesFile | None,
-               detectors=None) -> Alignment:
-    """The whole video's face track and crop quads (one decode of the video). `detectors`: a
-    context manager giving (detector, ahead) in place of `face_detectors` (the Ray pool's)."""
-    chosen = detectors if detectors is not None and faces is None else face_detectors(opts, faces, frames)
+def align_pass(video: Path, frames: int, size: int, opts: PipelineOptions, faces: FacesFile | None) -> Alignment:
+    """The whole video's face track and crop quads (one decode of the video)."""
+    chosen = face_detectors(opts, faces, frames)
     with progress_bar("align", frames, quiet=opts.quiet, unit="frame") as adv, \
             prefetched(iter_frames(video), opts.stream, depth=DECODE_AHEAD, name="fvedit decode frames") as decoded, \
             chosen as (detector, ahead):  # fmt: skip

@@ -26,15 +26,15 @@ import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import torch
 
 from fvedit.errors import InputError
-from fvedit.face.align import crop_homography
+from fvedit.face.align import Alignment, crop_homography
 from fvedit.face.detect import detector_name
-from fvedit.face.faces_file import load_faces_for
+from fvedit.face.faces_file import FacesFile, load_faces_for
 from fvedit.pipeline.align import align_pass, alignment_notes
 from fvedit.pipeline.batches import FrameBatch, batches_by_chunk, fade_weights, plan_batches
 from fvedit.pipeline.cache import (
@@ -140,11 +140,32 @@ def _writable_cache_dir(preferred: Path, echo: Echo) -> Path:
     return fallback
 
 
+class AnalysisPasses(Protocol):
+    """The analysis' two passes over the frames, wherever they run (`InProcessPasses` here, or
+    `fvedit.distributed.analysis.PoolAnalysis` on Ray workers); one instance per video."""
+
+    def align(self, video: Path, info: VideoInfo, video_sha: str, size: int, opts: PipelineOptions,
+              faces: FacesFile | None) -> Alignment: ...
+
+    def crop(self, video: Path, n: int, quads: np.ndarray, kept: np.ndarray, weights: LoadedWeights,
+             opts: PipelineOptions, arr: dict) -> None: ...
+
+
+class InProcessPasses:
+    """Both passes in this process: `align_pass`, then `_crop_pass` (each decodes the video once)."""
+
+    def align(self, video, info, video_sha, size, opts, faces) -> Alignment:
+        return align_pass(video, info.frame_count, size, opts, faces)
+
+    def crop(self, video, n, quads, kept, weights, opts, arr) -> None:
+        _crop_pass(video, n, quads, kept, weights, opts, arr)
+
+
 def analyse(video: Path, weights: LoadedWeights, eps_model: EpsModel, opts: PipelineOptions, times: StageTimes,
-            echo: Echo = print, encode_many: EncodeMany | None = None, detectors=None) -> Analysis:
+            echo: Echo = print, passes: AnalysisPasses | None = None) -> Analysis:
     """The cached encoding when a verified one exists; else align, crop and encode the video into
-    a pending encoding (x_T still to come). `encode_many`: where the encoders run (`_crop_pass`);
-    `detectors`: where face detection runs (`align_pass`)."""
+    a pending encoding (x_T still to come). `passes`: where the two passes over the frames run."""
+    passes = passes if passes is not None else InProcessPasses()
     with times.stage("probe"):
         info = probe(video)
         if info.frame_count == 0:
@@ -174,7 +195,7 @@ def analyse(video: Path, weights: LoadedWeights, eps_model: EpsModel, opts: Pipe
 
     size, n = weights.config.image_size, info.frame_count
     with times.stage("track + align"):
-        alignment = align_pass(video, n, size, opts, faces, detectors)
+        alignment = passes.align(video, info, video_sha, size, opts, faces)
     for note in alignment_notes(alignment, opts):
         echo(f"note: {note}")
     writer = EncodingWriter(
@@ -199,7 +220,7 @@ def analyse(video: Path, weights: LoadedWeights, eps_model: EpsModel, opts: Pipe
         arr["present"][:] = alignment.present
         arr["detected"][:] = alignment.detected
         with times.stage("crop + encoders"):
-            _crop_pass(video, n, alignment.quads, alignment.present_frames, weights, opts, arr, encode_many)
+            passes.crop(video, n, alignment.quads, alignment.present_frames, weights, opts, arr)
         enc = Encoding(folder=writer.tmp, meta=writer.meta, quads=alignment.quads, landmarks=alignment.landmarks,
                        present=alignment.present, detected=alignment.detected, crops=arr["crops"],
                        z_id=arr["z_id"][:], z_lnd=arr["z_lnd"][:], x_T=arr["x_T"])
@@ -210,7 +231,6 @@ def analyse(video: Path, weights: LoadedWeights, eps_model: EpsModel, opts: Pipe
 
 
 CropBatch = tuple[np.ndarray, np.ndarray]  # (frame rows, their crops uint8 [K,S,S,3])
-EncodeMany = Callable[[Iterator[CropBatch]], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]
 
 
 def _crop_batches(video: Path, n: int, quads: np.ndarray, kept: np.ndarray, size: int,
@@ -235,17 +255,13 @@ def _crop_batches(video: Path, n: int, quads: np.ndarray, kept: np.ndarray, size
 
 
 def _crop_pass(video: Path, n: int, quads: np.ndarray, kept: np.ndarray, weights: LoadedWeights,
-               opts: PipelineOptions, arr: dict, encode_many: EncodeMany | None = None) -> None:
-    """Cut every frame's crop and run the two encoders, writing both to the cache. `encode_many`
-    (the Ray pool's) runs the encoders elsewhere: it maps the crop batches, in order, to
-    (rows, crops, z_id, z_lnd)."""
+               opts: PipelineOptions, arr: dict) -> None:
+    """Cut every frame's crop and run the two encoders (a batch per chunk of `batch_size` frames),
+    writing both to the cache."""
     batches = _crop_batches(video, n, quads, kept, weights.config.image_size, opts)
-    if encode_many is None:
-        encoded = ((rows, crops, *encode_crops(weights.model.encoder, crops, opts.device)) for rows, crops in batches)
-    else:
-        encoded = encode_many(batches)
     try:
-        for rows, crops, z_id, z_lnd in encoded:
+        for rows, crops in batches:
+            z_id, z_lnd = encode_crops(weights.model.encoder, crops, opts.device)
             arr["crops"].put(rows, crops)
             arr["z_id"].put(rows, z_id)
             arr["z_lnd"].put(rows, z_lnd)
