@@ -102,12 +102,16 @@ def test_chunks_cover_the_video_on_batch_borders_and_start_at_keyframes():
     chunks = plan_chunks(200, 4, keys, workers=2)
     assert chunks[0][0] == 0 and chunks[-1][1] == 200
     assert all(a < b and a % 4 == 0 for a, b in chunks) and all(b == a2 for (_, b), (a2, _) in zip(chunks, chunks[1:]))
-    # 28-frame chunks (200 frames / 8, in whole batches); a border moves to the next batch start
-    # after a keyframe within 14 frames: 28 -> 40 (37), 68 -> 72 (70), 100 -> 104 (101), 160 stays (160)
-    assert [a for a, _ in chunks[1:]] == [40, 72, 104, 132, 160, 188]
+    # 52-frame chunks (200 frames / 4, in whole batches); each border is the batch start after a
+    # keyframe (37 -> 40, 70 -> 72, 101 -> 104, 160) nearest 52 frames into its chunk, within 24..103
+    assert [a for a, _ in chunks[1:]] == [40, 104, 160]
+    assert plan_chunks(200, 4, np.array([0]), workers=2) == [(0, 52), (52, 104), (104, 156), (156, 200)]  # one GOP
     assert plan_chunks(5, 2, np.array([0]), workers=3) == [(0, 2), (2, 4), (4, 5)]  # at least one batch each
+    assert plan_chunks(50, 2, np.array([0, 20]), workers=1) == [(0, 50)]  # one worker: no split
     long = plan_chunks(100_000, 16, np.array([0]), workers=2)
     assert max(b - a for a, b in long) == MAX_CHUNK and plan_chunks(0, 4, keys, 2) == []
+    every_250 = plan_chunks(100_000, 16, np.arange(0, 100_000, 250), workers=8)  # x264's default GOP
+    assert all(a % 250 < 16 for a, _ in every_250) and max(b - a for a, b in every_250) <= 2 * MAX_CHUNK
 
 
 def test_a_chunks_crops_and_features_are_the_in_process_crop_pass(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ import numpy as np
 from fvedit.video.reader import Frame
 from fvedit.video.seek import FrameRange
 
-CHUNKS_PER_WORKER = 4  # enough chunks to keep every worker busy while the driver tracks in order
+CHUNKS_PER_WORKER = 2  # chunks go round robin: a few per worker keep them all busy to the end
 MAX_CHUNK = 256  # frames: a chunk's crops come back in one piece (256 x 196 KB at 256 px)
 
 
@@ -63,21 +63,23 @@ class ChunkJob:
 def plan_chunks(n: int, batch_size: int, keyframes: np.ndarray, workers: int) -> list[tuple[int, int]]:
     """(start, stop) ranges covering frames 0..n-1 in order; every start a multiple of batch_size.
 
-    The size aims at CHUNKS_PER_WORKER chunks per worker, at least one batch, at most MAX_CHUNK
-    frames; a border moves forward to the first batch start at or after a keyframe, if that is
-    within half a chunk, so the chunk after it seeks almost exactly to its first frame."""
+    The size S aims at CHUNKS_PER_WORKER chunks per worker (one worker: no split, but at most
+    MAX_CHUNK frames), at least one batch. A chunk that starts mid-GOP decodes the frames from
+    the keyframe before and drops them, so a border goes to the first batch start after a
+    keyframe, the one nearest S, if one lies between S/2 and 2S into the chunk (that window is
+    longer than x264's default 250-frame GOP at S = MAX_CHUNK); else it stays at S."""
     if n <= 0:
         return []
-    per = math.ceil(n / (CHUNKS_PER_WORKER * max(1, workers)))
+    per = math.ceil(n / (CHUNKS_PER_WORKER * workers)) if workers > 1 else n
     size = batch_size * max(1, min(math.ceil(per / batch_size), MAX_CHUNK // batch_size or 1))
-    keys = np.asarray(keyframes, dtype=np.int64)
+    starts = np.unique(np.ceil(np.asarray(keyframes, dtype=np.float64) / batch_size).astype(np.int64) * batch_size)
     borders, start = [], 0
     while start < n:
-        stop = min(n, start + size)
-        if stop < n:
-            near = keys[(keys >= stop) & (keys < stop + size // 2)]
-            if near.size:
-                stop = min(n, int(math.ceil(near[0] / batch_size)) * batch_size)
+        stop = start + size
+        near = starts[(starts >= start + max(batch_size, size // 2)) & (starts < start + 2 * size)]
+        if near.size:
+            stop = int(near[np.argmin(np.abs(near - (start + size)))])
+        stop = min(n, stop)
         borders.append((start, stop))
         start = stop
     return borders
