@@ -201,6 +201,29 @@ def test_three_videos_in_one_call_keep_their_names(clips, tmp_path, recorded, mo
         assert len(decoded(s.output)) == s.frames and audio_packets(s.output) == audio_packets(clip)
 
 
+def test_the_same_video_twice_is_analysed_once_and_then_reused(clips, tmp_path, recorded):
+    """A copy right after its original (another name, the same bytes) waits for the original's
+    encoding and reuses it, instead of being analysed alongside it; a different clip between the
+    two does not change that (the original is committed by then)."""
+    from fvedit.distributed.ray_run import same_as_previous
+
+    copy = tmp_path / "copy" / "again.mp4"
+    copy.parent.mkdir()
+    shutil.copyfile(clips[0], copy)
+    assert same_as_previous([clips[0], copy, clips[1], clips[0], clips[0]]) == [False, True, False, False, True]
+    assert same_as_previous([clips[1], clips[2]]) == [False, False]
+    summaries = run_jobs([clips[0], copy, clips[1], clips[0]], None, EditRequest([]), encode_only=True, workers=2,
+                         opts=opts(tmp_path), **FAST)
+    assert [s.cache_hit for s in summaries] == [False, True, False, True]
+    twin = tmp_path / "copy" / "twin.mp4"  # an edit: the copy's output comes from the reused encoding
+    shutil.copyfile(clips[2], twin)
+    recorded.clear()
+    first, second = run_jobs([clips[2], twin], tmp_path / "out", EditRequest(["young"]),
+                             opts=opts(tmp_path, cache_dir=tmp_path / "c2"), workers=2, **FAST)
+    assert not first.cache_hit and second.cache_hit and len(recorded) == 2 * first.frames
+    assert same(recorded[:first.frames], recorded[first.frames:])
+
+
 def test_the_pool_encodes_exactly_what_one_process_encodes(tmp_path):
     """Quads and landmarks (the workers decoded and detected chunks of frames), crops, identities
     (they cut the crops and ran the encoders too), landmark features and x_T are equal to a

@@ -8,7 +8,8 @@ its decode with the one edited identity, in one task (x_T comes back and is writ
 encode cache here; with cross-frame attention the inversion runs first, as a phase of its own),
 fetched ahead in plan order. Phase C here: decode the video once more, paste and write the frames
 in order, copy the audio (`decode_and_paste` with the pool as its decoder). The next video is
-analysed in a thread meanwhile, so its phase A overlaps this video's phase B. The encode cache is
+analysed in a thread meanwhile, so its phase A overlaps this video's phase B (unless it is the
+same file's content again: then it waits and reuses this video's encoding). The encode cache is
 the folder it always is: only this process reads and writes it, and the workers get their inputs
 through Ray's object store (the video itself too, where a worker's node cannot see its path), so
 a cluster needs no shared disk and a re-edit on one machine reuses it.
@@ -150,14 +151,18 @@ def run_on_pool(
                 return AnalysisAhead(lambda: _analyse_one(k, jobs[k][0], weights, eps_model, opts, echo, load_times,
                                                           pool))
 
+            repeats = same_as_previous([video for video, _ in jobs])
             ahead = analysis_of(0)
             try:
                 for k in range(len(jobs)):
                     video, output = jobs[k]
                     analysis, times, started = ahead.get()
-                    ahead = analysis_of(k + 1) if k + 1 < len(jobs) else None  # overlaps this video's edit
+                    more = k + 1 < len(jobs)
+                    ahead = analysis_of(k + 1) if more and not repeats[k + 1] else None  # overlaps this edit
                     summaries.append(_edit_on_pool(pool, video, output, analysis, times, started, weights,
                                                    eps_model, apply_edit, opts, workers))
+                    if more and ahead is None:  # the same video again: after its encoding is committed
+                        ahead = analysis_of(k + 1)
             finally:
                 if ahead is not None:
                     ahead.discard()
@@ -169,6 +174,18 @@ def run_on_pool(
             if plan is not None:
                 plan.cleanup()
         raise
+
+
+def same_as_previous(videos: list[Path]) -> list[bool]:
+    """Per video: whether it holds the same bytes as the one before it. Such a video is analysed
+    after the one before has committed its encoding, so it reuses that encoding instead of
+    analysing it again alongside (the SHA-256 is read only where the sizes match)."""
+    from fvedit.pipeline.cache import file_sha256
+
+    def same(a: Path, b: Path) -> bool:
+        return a.stat().st_size == b.stat().st_size and (a.samefile(b) or file_sha256(a) == file_sha256(b))
+
+    return [False] + [same(a, b) for a, b in zip(videos, videos[1:])]
 
 
 class AnalysisAhead:
