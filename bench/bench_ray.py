@@ -2,8 +2,8 @@
 
 Every run is a first edit with a cold encode cache (inversion + decode + paste + write), tiny
 preset, reference backend, one torch thread per process (this process and each worker), the
-faces replayed from one `fvedit align` file so that detection is not what is measured. Two
-device models:
+faces replayed from one `fvedit align` file so that detection is not what is measured
+(`--detect`: detected in every run, on the workers' chunks with Ray). Two device models:
 
 - cpu: the tiny UNet really runs on the CPU cores (a worker per core);
 - simulated: each worker (and this process) has its own simulated device
@@ -38,7 +38,7 @@ from fvedit.synth import make_face_video  # noqa: E402
 STARTUP = ("load weights", "start workers")
 
 
-def options(work: Path, tag: str, faces: Path, steps: int, batch: int) -> PipelineOptions:
+def options(work: Path, tag: str, faces: Path | None, steps: int, batch: int) -> PipelineOptions:
     return PipelineOptions(sampler=SamplerSpec("dpm", steps), batch_size=batch, cache_dir=work / f"cache-{tag}",
                            quiet=True, threads=1, faces=faces)
 
@@ -103,6 +103,8 @@ def main() -> None:
                          "the workers' chunks of phase A start at keyframes; 0: one GOP")
     ap.add_argument("--simulate-ms", type=float, default=20.0, help="simulated device ms per frame per UNet call")
     ap.add_argument("--skip-cpu", action="store_true")
+    ap.add_argument("--detect", action="store_true",
+                    help="detect the faces in every run (on the workers' chunks with Ray) instead of replaying them")
     args = ap.parse_args()
     torch.set_num_threads(1)
     import ray
@@ -111,7 +113,7 @@ def main() -> None:
         work = Path(tmp)
         video = make_face_video(work / "hd.mp4", frames=args.frames, size=(1920, 1080), face_scale=0.6, audio=True,
                                 keyint=args.keyint or None)
-        faces, _ = run_align(video, work / "hd.faces.npz", quiet=True)
+        faces = None if args.detect else run_align(video, work / "hd.faces.npz", quiet=True)[0]
         rows = []
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
@@ -128,6 +130,7 @@ def main() -> None:
             ray.shutdown()
     n = args.frames
     gop = f"a keyframe every {args.keyint} frames" if args.keyint else "one GOP"
+    gop += ", faces detected" if args.detect else ", faces replayed"
     print(f"\n1920x1080, {n} frames ({gop}), tiny preset, dpm{args.steps}, batch {args.batch}, "
           "one torch thread per process\n")
     print("| device | path | workers | frames/s (wall) | frames/s (steady) |")

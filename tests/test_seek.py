@@ -107,7 +107,7 @@ def test_chunks_cover_the_video_on_batch_borders_and_start_at_keyframes():
     assert [a for a, _ in chunks[1:]] == [40, 104, 160]
     assert plan_chunks(200, 4, np.array([0]), workers=2) == [(0, 52), (52, 104), (104, 156), (156, 200)]  # one GOP
     assert plan_chunks(5, 2, np.array([0]), workers=3) == [(0, 2), (2, 4), (4, 5)]  # at least one batch each
-    assert plan_chunks(50, 2, np.array([0, 20]), workers=1) == [(0, 50)]  # one worker: no split
+    assert plan_chunks(50, 2, np.array([0, 20, 30]), workers=1) == [(0, 50)]  # one worker: no split
     long = plan_chunks(100_000, 16, np.array([0]), workers=2)
     assert max(b - a for a, b in long) == MAX_CHUNK and plan_chunks(0, 4, keys, 2) == []
     every_250 = plan_chunks(100_000, 16, np.arange(0, 100_000, 250), workers=8)  # x264's default GOP

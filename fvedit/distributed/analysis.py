@@ -116,7 +116,8 @@ class ChunkDetections:
         self.name = opts.detector
         self._ids = FramesById()
         self._faces: dict[int, list] = {}
-        if pool._get(pool.actors[0].can_recheck.remote(opts.detector, opts.align)):
+        # every worker builds its detector now, all at once, not each on its first chunk in turn
+        if all(pool._get([a.can_recheck.remote(opts.detector, opts.align) for a in pool.actors])):
             self.detect_near = self._detect_near
 
     def frames(self) -> Iterator[np.ndarray]:

@@ -70,6 +70,8 @@ def plan_chunks(n: int, batch_size: int, keyframes: np.ndarray, workers: int) ->
     longer than x264's default 250-frame GOP at S = MAX_CHUNK); else it stays at S."""
     if n <= 0:
         return []
+    if workers <= 1 and n <= MAX_CHUNK:
+        return [(0, n)]
     per = math.ceil(n / (CHUNKS_PER_WORKER * workers)) if workers > 1 else n
     size = batch_size * max(1, min(math.ceil(per / batch_size), MAX_CHUNK // batch_size or 1))
     starts = np.unique(np.ceil(np.asarray(keyframes, dtype=np.float64) / batch_size).astype(np.int64) * batch_size)
