@@ -60,6 +60,7 @@ class WorkerSpec:
     temporal_window: int
     threads: int  # torch threads per worker
     simulate_ms: float | None = None  # a simulated device per worker (fvedit.runtime.simulated), for benches
+    detector: tuple[str, str] | None = None  # (detector, align): built at the start too, held like the model
 
 
 @dataclass
@@ -104,6 +105,8 @@ class UNetWorker:
                                             spec.temporal_window, spec.threads)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._videos: dict[str, str] = {}  # sha256 -> a local path to that video
+        if spec.detector is not None:  # while the other workers start too, not on the first chunk
+            self._detector(*spec.detector)
 
     def describe(self) -> dict:
         """What the driver checks against its own: the weights and the backend that ran."""

@@ -139,7 +139,8 @@ def run_on_pool(
                 eps_model = make_eps_model(weights, backend, dev, opts.precision, opts.temporal_window, opts.threads)
             apply_edit = prepare_edit(weights, request, dev, opts.quiet)
         spec = WorkerSpec(str(weights_dir) if weights_dir else None, preset, dev.type, backend, opts.precision,
-                          opts.temporal_window, opts.threads or 1, simulate_ms)
+                          opts.temporal_window, opts.threads or 1, simulate_ms,
+                          None if opts.faces is not None else (opts.detector, opts.align))
         with load_times.stage("start workers"), \
                 console.status(f"starting {workers} Ray workers", spinner="dots") if not opts.quiet else nullcontext():  # fmt: skip
             pool = WorkerPool(workers, spec, address)
