@@ -14,12 +14,13 @@ faces replayed from one `fvedit align` file so that detection is not what is mea
 pool, paid once for many videos). Goals from issue 15 on this 2-core machine: 2 workers >= 1.5x
 one worker; Ray with 1 worker within 10 % of in-process.
 
-    python bench/bench_ray.py --frames 32 --steps 5            # CPU, several minutes
+    python bench/bench_ray.py --frames 32 --steps 5 --repeat 3   # CPU, about 5 minutes
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -105,48 +106,62 @@ def main() -> None:
     ap.add_argument("--skip-cpu", action="store_true")
     ap.add_argument("--detect", action="store_true",
                     help="detect the faces in every run (on the workers' chunks with Ray) instead of replaying them")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of all the runs, one after the other (the table gives medians, the ratios each round)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     import ray
 
+    configs = [] if args.skip_cpu else [("cpu", 1, "in-process"), ("cpu", 1, "ray"), ("cpu", 2, "ray")]
+    configs += [("simulated", 0, "in-process"), ("simulated", 1, "ray"), ("simulated", 2, "ray")]
+    rows: dict[tuple, list] = {c: [] for c in configs}  # config -> [(wall, steady, stages)] per round
     with tempfile.TemporaryDirectory(prefix="fvedit-bench-ray-") as tmp:
         work = Path(tmp)
         video = make_face_video(work / "hd.mp4", frames=args.frames, size=(1920, 1080), face_scale=0.6, audio=True,
                                 keyint=args.keyint or None)
         faces = None if args.detect else run_align(video, work / "hd.faces.npz", quiet=True)[0]
-        rows = []
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
-            if not args.skip_cpu:
-                for workers, label in ((1, "in-process"), (1, "ray"), (2, "ray")):
-                    wall, steady, st = run_cpu(video, faces, work, workers, args.steps, args.batch, label == "ray")
-                    rows.append(("cpu", label, workers, wall, steady, st))
-                    print(f"done cpu {label} {workers}: {wall:.1f} s", file=sys.stderr, flush=True)
-            for workers, label in ((0, "in-process"), (1, "ray"), (2, "ray")):
-                wall, steady, st = run_simulated(video, faces, work, workers, args.steps, args.batch, args.simulate_ms)
-                rows.append((f"simulated {args.simulate_ms:g} ms", label, max(workers, 1), wall, steady, st))
-                print(f"done simulated {label} {workers}: {wall:.1f} s", file=sys.stderr, flush=True)
+            for rnd in range(args.repeat):  # every round a cold cache of its own
+                here = work / f"round{rnd}"
+                here.mkdir()
+                for device, workers, label in configs:
+                    if device == "cpu":
+                        got = run_cpu(video, faces, here, workers, args.steps, args.batch, label == "ray")
+                    else:
+                        got = run_simulated(video, faces, here, workers, args.steps, args.batch, args.simulate_ms)
+                    rows[device, workers, label].append(got)
+                    print(f"done round {rnd + 1} {device} {label} {workers}: {got[0]:.1f} s", file=sys.stderr,
+                          flush=True)
         finally:
             ray.shutdown()
+    report(rows, args)
+
+
+def report(rows: dict[tuple, list], args) -> None:
     n = args.frames
     gop = f"a keyframe every {args.keyint} frames" if args.keyint else "one GOP"
     gop += ", faces detected" if args.detect else ", faces replayed"
     print(f"\n1920x1080, {n} frames ({gop}), tiny preset, dpm{args.steps}, batch {args.batch}, "
-          "one torch thread per process\n")
+          f"one torch thread per process, {args.repeat} round(s), medians\n")
     print("| device | path | workers | frames/s (wall) | frames/s (steady) |")
     print("|---|---|---|---|---|")
-    steady_of = {}
-    for device, label, workers, wall, steady, _ in rows:
-        steady_of[device, label, workers] = steady
-        print(f"| {device} | {label} | {workers} | {n / wall:.2f} | {n / steady:.2f} |")
-    for device in dict.fromkeys(r[0] for r in rows):
-        inproc, one, two = (steady_of.get((device, lab, w)) for lab, w in (("in-process", 1), ("ray", 1), ("ray", 2)))
+    name = {"cpu": "CPU", "simulated": f"simulated {args.simulate_ms:g} ms"}
+    for (device, workers, label), runs in rows.items():
+        wall, steady = (statistics.median(r[k] for r in runs) for k in (0, 1))
+        print(f"| {name[device]} | {label} | {max(workers, 1)} | {n / wall:.2f} | {n / steady:.2f} |")
+    for device in dict.fromkeys(d for d, _, _ in rows):
+        inproc = rows.get((device, 1 if device == "cpu" else 0, "in-process"))
+        one, two = rows.get((device, 1, "ray")), rows.get((device, 2, "ray"))
         if inproc and one and two:
-            print(f"{device}: Ray 1 worker takes {one / inproc:.2f}x the in-process time (goal <= 1.10); "
-                  f"2 workers are {one / two:.2f}x faster than 1 (goal >= 1.5)")
-    print("\nstages (s):")
-    for device, label, workers, _, _, st in rows:
-        print(f"  {device} {label} {workers}: " + ", ".join(f"{k} {v:.1f}" for k, v in st.items()))
+            over = [o[1] / i[1] for i, o in zip(inproc, one)]
+            speed = [o[1] / t[1] for o, t in zip(one, two)]
+            print(f"{name[device]}: Ray 1 worker / in-process time " + " / ".join(f"{x:.2f}" for x in over)
+                  + " (goal <= 1.10); 2 workers faster than 1 by " + " / ".join(f"{x:.2f}" for x in speed)
+                  + "x (goal >= 1.5)")
+    print("\nstages, first round (s):")
+    for (device, workers, label), runs in rows.items():
+        print(f"  {name[device]} {label} {max(workers, 1)}: " + ", ".join(f"{k} {v:.1f}" for k, v in runs[0][2].items()))
 
 
 if __name__ == "__main__":
