@@ -15,17 +15,24 @@ pool, paid once for many videos). Goals from issue 15 on this 2-core machine: 2 
 one worker; Ray with 1 worker within 10 % of in-process.
 
     python bench/bench_ray.py --frames 32 --steps 5 --repeat 3   # CPU, about 5 minutes
+
+The same runs as pytest-benchmark groups (one group per device model, a round each, one local Ray
+instance for all; FVEDIT_BENCH_FRAMES (16), FVEDIT_BENCH_STEPS (5), FVEDIT_BENCH_SIM_MS (20)):
+
+    FVEDIT_BENCH_THREADS=1 python -m pytest bench/bench_ray.py --benchmark-only
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -92,6 +99,47 @@ def _unedited(enc):
     from fvedit.pipeline.options import EditIdentity
 
     return EditIdentity(torch.from_numpy(enc.z_id_mean), "none")
+
+
+FRAMES = int(os.environ.get("FVEDIT_BENCH_FRAMES", "16"))
+STEPS = int(os.environ.get("FVEDIT_BENCH_STEPS", "5"))
+SIM_MS = float(os.environ.get("FVEDIT_BENCH_SIM_MS", "20"))
+BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def ray_clip(tmp_path_factory):
+    """(video, its faces file, a folder): a 1080p clip with a keyframe every 8 frames, and one local
+    Ray instance (2 CPUs) for every run of the module."""
+    ray = pytest.importorskip("ray", reason="pip install -c constraints.txt -e '.[ray]'")
+    root = tmp_path_factory.mktemp("bench-ray")
+    video = make_face_video(root / "hd.mp4", frames=FRAMES, size=(1920, 1080), face_scale=0.6, audio=True, keyint=8)
+    faces, _ = run_align(video, root / "hd.faces.npz", quiet=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield video, faces, root
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("path", ["in-process", "ray-1", "ray-2"])
+@pytest.mark.parametrize("device", ["cpu", "simulated"])
+def test_ray(benchmark, ray_clip, device, path):
+    """One first edit (cold encode cache) per run; extra_info: frames/s wall and steady, stages."""
+    video, faces, root = ray_clip
+    work = root / f"{device}-{path}"
+    work.mkdir()
+    workers = 2 if path == "ray-2" else 1
+    if device == "cpu":
+        def run():
+            return run_cpu(video, faces, work, workers, STEPS, BATCH, path != "in-process")
+    else:
+        def run():
+            return run_simulated(video, faces, work, 0 if path == "in-process" else workers, STEPS, BATCH, SIM_MS)
+    benchmark.group = (f"ray scale-out, {device if device == 'cpu' else f'simulated {SIM_MS:g} ms'}, "
+                       f"{FRAMES} frames 1080p, dpm{STEPS}, batch {BATCH}")
+    wall, steady, stages = benchmark.pedantic(run, rounds=1, iterations=1)
+    assert wall >= steady > 0
+    benchmark.extra_info.update({"frames/s wall": round(FRAMES / wall, 3), "frames/s steady": round(FRAMES / steady, 3)})
+    benchmark.extra_info.update({f"{k} s": round(v, 3) for k, v in stages.items()})
 
 
 def main() -> None:
