@@ -251,6 +251,25 @@ def test_the_pool_encodes_exactly_what_one_process_encodes(tmp_path):
     assert np.array_equal(one.z_id_mean, pool.z_id_mean) and np.abs(one.z_id).sum() > 0
 
 
+def test_a_stream_without_timestamps_is_analysed_here_and_inverted_on_the_pool(tmp_path):
+    """A raw .h264 has no timestamps to seek by: phase A runs in this process (each chunk would
+    decode from the start), the inversions on the workers, and the encoding is one process's."""
+    from fvedit.pipeline.cache import load_encoding
+
+    video = make_face_video(tmp_path / "raw.h264", frames=8, size=(160, 120), fps=25, audio=False, face_scale=0.6)
+    encodings, pools = [], []
+    for workers in (1, 2):
+        cache = tmp_path / f"enc{workers}"
+        extra = {"on_pool": pools.append} if workers > 1 else {}
+        [s] = run_jobs([video], None, EditRequest([]), encode_only=True, opts=opts(tmp_path, cache_dir=cache),
+                       workers=workers, **FAST, **extra)
+        encodings.append(load_encoding(cache, s.cache_folder.name))
+    assert sum(pools[0].times.tasks.values()) == 4  # the 4 inversions (batches of 2), no chunk
+    one, pool = encodings
+    assert one.folder.name == pool.folder.name and np.array_equal(one.x_T[:], pool.x_T[:])
+    assert np.array_equal(one.z_id_mean, pool.z_id_mean) and one.present.all()
+
+
 def test_detection_misses_and_absences_on_the_pool_match_one_process(tmp_path, recorded):
     """Blurred frames (detector misses, bridged by the re-check that runs here) and frames without
     the face (passed through) come out as in one process: the same track, the same frames."""
@@ -318,21 +337,24 @@ def test_a_worker_on_another_node_reads_the_video_from_the_object_store(clips, t
 
     video = clips[0]
     worker = object.__new__(UNetWorker)  # the method under test needs no model
-    worker.name, worker._videos = "node-b:1", {}
+    worker.name, worker._videos, worker._copies = "node-b:1", {}, []
     sha, size, data = file_sha256(video), video.stat().st_size, [ray.put(video.read_bytes())]
     here = VideoSource(str(video), size, sha, socket.gethostname())
     assert worker._video_path(here) == str(video)  # the driver's host: its own path
     worker._videos.clear()
     impostor = tmp_path / "impostor.mp4"  # the same path on another node, the same size, other bytes
     impostor.write_bytes(bytes(size))
+    copies = []
     for path in (tmp_path / "missing.mp4", impostor):
         worker._videos.clear()
         away = VideoSource(str(path), size, sha, "node-a", data)
         copy = Path(worker._video_path(away))
         assert copy != path and copy.read_bytes() == video.read_bytes()
         assert worker._video_path(away) == str(copy)  # once per video
-        shutil.rmtree(copy.parent)
-    worker._videos.clear()
+        copies.append(copy)
+    assert not copies[0].exists() and copies[1].exists()  # one copy at a time
+    worker.drop_videos()  # the pool's close: no copy is left
+    assert not copies[1].parent.exists() and worker._videos == {}
     with pytest.raises(InputError, match="cannot read .*missing.mp4"):
         worker._video_path(VideoSource(str(tmp_path / "missing.mp4"), size, sha, socket.gethostname()))
 

@@ -7,7 +7,8 @@ decoded on a worker each), the temporal smoothing, and the writes to the pending
 identity mean is then taken by the scheduler from those arrays (float64, frame order), so it is
 the one a single process computes, whatever the number of workers.
 
-With a faces file the detections are replayed here and nothing is decoded for the align pass.
+With a faces file the detections are replayed here and nothing is decoded for the align pass. A
+stream without timestamps (a raw .h264) cannot be seeked: both passes then run here, as in one process.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fvedit.face.align import Alignment, align_video
 from fvedit.face.faces_file import FacesFile, FramesById, ReplayDetector
 from fvedit.pipeline.crop import supersample_factor
 from fvedit.pipeline.options import PipelineOptions
+from fvedit.pipeline.scheduler import InProcessPasses
 from fvedit.progress import progress_bar
 from fvedit.video import VideoInfo
 from fvedit.video.seek import FrameIndex, index_frames
@@ -43,26 +45,27 @@ class PoolAnalysis:
         self.source: VideoSource | None = None
         self.index: FrameIndex | None = None
         self.chunks: list[tuple[int, int]] = []
+        self.here: InProcessPasses | None = None  # a stream that cannot be seeked: both passes here
 
     def _start(self, video: Path, info: VideoInfo, video_sha: str, opts: PipelineOptions) -> None:
         index = index_frames(video)
         if len(index) != info.frame_count:
             raise InputError(f"{video}: {len(index)} frames are indexed but {info.frame_count} were probed; "
                              "the file may be damaged")
+        self.index = index
+        if not index.seekable:  # no timestamps (a raw stream): chunks would each decode from the start
+            self.here = InProcessPasses()
+            return
         data = [self.pool.ray.put(video.read_bytes())] if self.pool.multi_node else None
         self.source = VideoSource(str(video.resolve()), video.stat().st_size, video_sha, socket.gethostname(), data)
-        self.index = index
-        # a stream without timestamps cannot be seeked: one chunk, read from the start
-        keys = index.keyframes if index.seekable else np.zeros(0, np.int64)
-        workers = len(self.pool.actors) if index.seekable else 1
-        self.chunks = plan_chunks(len(index), opts.batch_size, keys, workers)
-        if not index.seekable:
-            self.chunks = [(0, len(index))]
+        self.chunks = plan_chunks(len(index), opts.batch_size, index.keyframes, len(self.pool.actors))
 
     def align(self, video: Path, info: VideoInfo, video_sha: str, size: int, opts: PipelineOptions,
               faces: FacesFile | None) -> Alignment:
         """Faces detected chunk by chunk on the workers (or replayed here), tracked and smoothed here."""
         self._start(video, info, video_sha, opts)
+        if self.here is not None:
+            return self.here.align(video, info, video_sha, size, opts, faces)
         shape = (info.height, info.width, 3)
         if faces is not None:
             detector = ReplayDetector(faces)
@@ -86,6 +89,8 @@ class PoolAnalysis:
     def crop(self, video: Path, n: int, quads: np.ndarray, kept: np.ndarray, weights, opts: PipelineOptions,
              arr: dict) -> None:
         """Crops and encoder features chunk by chunk on the workers, written here as they return."""
+        if self.here is not None:
+            return self.here.crop(video, n, quads, kept, weights, opts, arr)
         size = weights.config.image_size
         factor = supersample_factor(quads[kept], size)
         present = np.zeros(n, dtype=bool)

@@ -23,7 +23,8 @@ from fvedit.video.reader import Frame
 from fvedit.video.seek import FrameRange
 
 CHUNKS_PER_WORKER = 2  # chunks go round robin: a few per worker keep them all busy to the end
-MAX_CHUNK = 256  # frames: a chunk's crops come back in one piece (256 x 196 KB at 256 px)
+MAX_CHUNK = 256  # frames aimed at; a border moved to a keyframe makes it up to twice that, and a
+# chunk's crops come back in one piece (at most 511 x 196 KB at 256 px)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from fvedit.video.seek import FrameRange
 
 RAY_HINT = "pip install 'fvedit[ray]'"
 RETRIES = 3  # restarts of a dead worker, and re-runs of each of its tasks (pure: the result is the same)
+DROP_TIMEOUT_S = 5.0  # the workers' deleting their video copies at the pool's close
 START_TIMEOUT_S = 600.0  # workers that cannot be placed (busy GPUs) or load nothing by then: one-line error
 
 
@@ -105,6 +106,7 @@ class UNetWorker:
                                             spec.temporal_window, spec.threads)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._videos: dict[str, str] = {}  # sha256 -> a local path to that video
+        self._copies: list[Path] = []  # folders holding copies from the object store
         if spec.detector is not None:  # while the other workers start too, not on the first chunk
             self._detector(*spec.detector)
 
@@ -147,12 +149,21 @@ class UNetWorker:
                 raise InputError(f"Ray worker {self.name} cannot read {video.path}: it was moved or changed during the run")
             import ray
 
+            self.drop_videos()  # one copy at a time: phase A reads one video, phase B none
             folder = Path(tempfile.mkdtemp(prefix="fvedit-video-"))
-            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)  # not run when Ray kills the worker
+            self._copies.append(folder)
             path = folder / (video.sha256[:16] + path.suffix)
             path.write_bytes(ray.get(video.data[0]))
         self._videos[video.sha256] = str(path)
         return str(path)
+
+    def drop_videos(self) -> None:
+        """Delete this worker's copies of videos from the object store (the pool's close calls it)."""
+        for folder in self._copies:
+            shutil.rmtree(folder, ignore_errors=True)
+        self._copies.clear()
+        self._videos.clear()
 
     def _run_chunk(self, job: ChunkJob):
         from fvedit.distributed.chunks import crop_and_encode, detect_frames
@@ -324,6 +335,11 @@ class WorkerPool:
         return actor
 
     def close(self) -> None:
+        if getattr(self, "multi_node", False) and getattr(self, "actors", []):  # only other nodes' workers copy videos
+            try:  # queued behind a task still running; Ray's kill below runs no atexit handler
+                self.ray.get([a.drop_videos.remote() for a in self.actors], timeout=DROP_TIMEOUT_S)
+            except Exception:  # pragma: no cover - a dead or busy worker keeps its copy until the node's /tmp is cleaned
+                pass
         for a in getattr(self, "actors", []):
             try:
                 self.ray.kill(a)

@@ -110,6 +110,11 @@ def read_frames(path: str | os.PathLike, frames: FrameRange, *, threads: bool = 
                 break
     last = done - 1
     for frame in islice(VideoReader(path, threads=threads).frames(max_frames=stop), done, None):
+        # numbered by the decoder's output here; a chunk must hold the frames the index numbers so
+        # (a stream whose decoder drops leading packets would shift every chunk after it)
+        if frames.pts is not None and frame.pts != int(frames.pts[frame.index - start]):
+            raise InputError(f"{path}: frame {frame.index} decodes with timestamp {frame.pts}, but its packet has "
+                             f"{int(frames.pts[frame.index - start])}; the file may be damaged")
         yield Frame(frame.index, frame.pts, frame.time, frame.rgb)
         last = frame.index
     if last != stop - 1:  # the sequential reader ran out first
@@ -129,7 +134,7 @@ def _seek_and_decode(path: Path, start: int, pts: np.ndarray, target: int, threa
         for decoded in container.decode(stream):
             if decoded.pts is not None and decoded.pts < pts[0]:
                 continue
-            if decoded.pts != pts[k]:
+            if decoded.pts != pts[k] or getattr(decoded, "is_corrupt", False):  # corrupt: not a clean entry point
                 yield None
                 return
             rgb = frame_orientation(decoded).apply(decoded.to_ndarray(format="rgb24"))
@@ -138,7 +143,7 @@ def _seek_and_decode(path: Path, start: int, pts: np.ndarray, target: int, threa
             if k == len(pts):
                 return
         yield None  # the stream ended early
-    except av.FFmpegError as err:
-        raise InputError(f"{path}: decoding failed near frame {start} ({ffmpeg_reason(err)})") from None
+    except av.FFmpegError:  # e.g. invalid data where the seek landed: the sequential reader decides
+        yield None
     finally:
         container.close()
