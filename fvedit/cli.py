@@ -191,7 +191,8 @@ def _logging(verbose: bool) -> None:
 
 WorkersOpt = typer.Option(
     1, "--workers", min=1,
-    help="Worker processes for the model work (face detection, encoders, inversion, decoding). 1: this process "
+    help="Worker processes for the video's analysis (each decodes its own chunks of frames: face detection, "
+    "crops, encoders) and the model work (inversion, decoding). 1: this process "
     "only (no Ray). N > 1: a local Ray instance with N workers, or N workers on the cluster at --ray-address; each "
     "holds the model once (one GPU each on CUDA). Needs Ray: pip install 'fvedit\\[ray]'. The output is the same "
     "as with 1.",
