@@ -164,6 +164,58 @@ def test_a_worker_killed_during_decoding_changes_nothing(clips, tmp_path, monkey
     assert not same(reference, [f for f in decoded(video)])  # the simulated decode did change the faces
 
 
+def test_a_worker_killed_during_the_analysis_changes_nothing(clips, tmp_path, monkeypatch):
+    """A worker is killed in phase A while it cuts and encodes its first chunk: its two chunks (that
+    one and the one queued behind it) run again on the restarted worker, and the encoding is the
+    one of a run without the kill. The encoders are the simulated device's stand-ins (150 ms per
+    frame), so that the chunk is surely not done when the kill comes."""
+    import threading
+
+    from fvedit.distributed import pool as pool_module
+    from fvedit.distributed import ray_run
+    from fvedit.distributed.chunks import ChunkJob
+    from fvedit.pipeline.cache import load_encoding
+
+    video = clips[2]  # 7 frames, batches of 2: 4 chunks, two on each worker (round robin)
+
+    def run(tag: str, **kw):
+        cache = tmp_path / tag
+        [s] = ray_run.run_on_pool([(video, None)], EditRequest([]), preset="tiny", weights_dir=None, device="cpu",
+                                  backend="reference", opts=opts(tmp_path, cache_dir=cache), workers=2, address=None,
+                                  simulate_ms=150.0, **kw)
+        return load_encoding(cache, s.cache_folder.name)
+
+    reference = run("calm")
+    pools, killed, ran_by = [], [], []
+    original = pool_module.WorkerPool.map_ordered
+
+    def kill(pid: int) -> None:
+        killed.append(pid)
+        os.kill(pid, signal.SIGKILL)
+
+    def kill_once(self, jobs, ahead=None):
+        jobs = list(jobs)
+        cropping = bool(jobs) and isinstance(jobs[0], ChunkJob) and jobs[0].kind == "crop+encode"
+        if cropping:  # 0.1 s after the chunks went out: worker 1 is in its first (>= 0.3 s) or before it
+            threading.Timer(0.1, kill, args=(pools[0].workers[1]["pid"],)).start()
+        for result in original(self, iter(jobs), ahead):
+            if cropping:
+                ran_by.append(result.worker)
+            yield result
+
+    monkeypatch.setattr(pool_module.WorkerPool, "map_ordered", kill_once)
+    got = run("killed", on_pool=pools.append)
+    assert killed and killed[0] not in pools[0].pids()  # a new process took the dead one's place
+    first = {w["name"] for w in pools[0].workers}
+    assert len(ran_by) == 4 and ran_by[0] in first and ran_by[2] in first  # worker 0's chunks: untouched
+    assert ran_by[1] not in first and ran_by[3] not in first  # worker 1's: run again, on the new process
+    for name in ("crops", "x_T"):
+        assert np.array_equal(getattr(reference, name)[:], getattr(got, name)[:]), name
+    for name in ("z_id", "z_lnd", "quads", "present", "z_id_mean"):
+        assert np.array_equal(getattr(reference, name), getattr(got, name)), name
+    assert np.abs(got.z_id).sum() > 0
+
+
 def test_three_videos_in_one_call_keep_their_names(clips, tmp_path, recorded, monkeypatch):
     """Each output as the video alone would get it; the next video is analysed while the one
     before is decoded (its analysis starts before that edit's decode ends)."""
