@@ -95,6 +95,18 @@ def run_simulated(video: Path, faces: Path, work: Path, workers: int, steps: int
                                       address=None, simulate_ms=ms))
 
 
+CONFIGS = [("cpu", 1, "in-process"), ("cpu", 1, "ray"), ("cpu", 2, "ray"),  # (device, workers, path)
+           ("simulated", 0, "in-process"), ("simulated", 1, "ray"), ("simulated", 2, "ray")]  # 0: no pool at all
+
+
+def run_config(config: tuple[str, int, str], video: Path, faces: Path | None, work: Path, steps: int, batch: int,
+               ms: float) -> tuple[float, float, dict]:
+    device, workers, path = config
+    if device == "cpu":
+        return run_cpu(video, faces, work, workers, steps, batch, path == "ray")
+    return run_simulated(video, faces, work, workers, steps, batch, ms)
+
+
 def _unedited(enc):
     from fvedit.pipeline.options import EditIdentity
 
@@ -120,23 +132,17 @@ def ray_clip(tmp_path_factory):
     ray.shutdown()
 
 
-@pytest.mark.parametrize("path", ["in-process", "ray-1", "ray-2"])
-@pytest.mark.parametrize("device", ["cpu", "simulated"])
-def test_ray(benchmark, ray_clip, device, path):
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c[0]}-{c[2]}-{max(c[1], 1)}")
+def test_ray(benchmark, ray_clip, config):
     """One first edit (cold encode cache) per run; extra_info: frames/s wall and steady, stages."""
     video, faces, root = ray_clip
-    work = root / f"{device}-{path}"
+    device = config[0]
+    work = root / "-".join(map(str, config))
     work.mkdir()
-    workers = 2 if path == "ray-2" else 1
-    if device == "cpu":
-        def run():
-            return run_cpu(video, faces, work, workers, STEPS, BATCH, path != "in-process")
-    else:
-        def run():
-            return run_simulated(video, faces, work, 0 if path == "in-process" else workers, STEPS, BATCH, SIM_MS)
     benchmark.group = (f"ray scale-out, {device if device == 'cpu' else f'simulated {SIM_MS:g} ms'}, "
                        f"{FRAMES} frames 1080p, dpm{STEPS}, batch {BATCH}")
-    wall, steady, stages = benchmark.pedantic(run, rounds=1, iterations=1)
+    wall, steady, stages = benchmark.pedantic(lambda: run_config(config, video, faces, work, STEPS, BATCH, SIM_MS),
+                                              rounds=1, iterations=1)
     assert wall >= steady > 0
     benchmark.extra_info.update({"frames/s wall": round(FRAMES / wall, 3), "frames/s steady": round(FRAMES / steady, 3)})
     benchmark.extra_info.update({f"{k} s": round(v, 3) for k, v in stages.items()})
@@ -160,8 +166,7 @@ def main() -> None:
     torch.set_num_threads(1)
     import ray
 
-    configs = [] if args.skip_cpu else [("cpu", 1, "in-process"), ("cpu", 1, "ray"), ("cpu", 2, "ray")]
-    configs += [("simulated", 0, "in-process"), ("simulated", 1, "ray"), ("simulated", 2, "ray")]
+    configs = [c for c in CONFIGS if not (args.skip_cpu and c[0] == "cpu")]
     rows: dict[tuple, list] = {c: [] for c in configs}  # config -> [(wall, steady, stages)] per round
     with tempfile.TemporaryDirectory(prefix="fvedit-bench-ray-") as tmp:
         work = Path(tmp)
@@ -173,13 +178,10 @@ def main() -> None:
             for rnd in range(args.repeat):  # every round a cold cache of its own
                 here = work / f"round{rnd}"
                 here.mkdir()
-                for device, workers, label in configs:
-                    if device == "cpu":
-                        got = run_cpu(video, faces, here, workers, args.steps, args.batch, label == "ray")
-                    else:
-                        got = run_simulated(video, faces, here, workers, args.steps, args.batch, args.simulate_ms)
-                    rows[device, workers, label].append(got)
-                    print(f"done round {rnd + 1} {device} {label} {workers}: {got[0]:.1f} s", file=sys.stderr,
+                for config in configs:
+                    got = run_config(config, video, faces, here, args.steps, args.batch, args.simulate_ms)
+                    rows[config].append(got)
+                    print(f"done round {rnd + 1} {' '.join(map(str, config))}: {got[0]:.1f} s", file=sys.stderr,
                           flush=True)
         finally:
             ray.shutdown()

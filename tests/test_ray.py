@@ -276,15 +276,10 @@ def test_the_same_video_twice_is_analysed_once_and_then_reused(clips, tmp_path, 
     assert same(recorded[:first.frames], recorded[first.frames:])
 
 
-def test_the_pool_encodes_exactly_what_one_process_encodes(tmp_path):
-    """Quads and landmarks (the workers decoded and detected chunks of frames), crops, identities
-    (they cut the crops and ran the encoders too), landmark features and x_T are equal to a
-    single-process encoding's, and so is the identity mean the edit moves. A keyframe every 3
-    frames: chunks start mid-GOP and after a keyframe."""
+def encode_alone_and_on_two_workers(video: Path, tmp_path: Path):
+    """(the single-process encoding, the 2-worker pool's, that pool) of `video`, each in a cold cache."""
     from fvedit.pipeline.cache import load_encoding
 
-    video = make_face_video(tmp_path / "gop.mp4", frames=8, size=(160, 120), fps=25, audio=False, face_scale=0.6,
-                            keyint=3)
     encodings, pools = [], []
     for workers in (1, 2):
         cache = tmp_path / f"enc{workers}"
@@ -292,9 +287,19 @@ def test_the_pool_encodes_exactly_what_one_process_encodes(tmp_path):
         [s] = run_jobs([video], None, EditRequest([]), encode_only=True, opts=opts(tmp_path, cache_dir=cache),
                        workers=workers, **FAST, **extra)
         encodings.append(load_encoding(cache, s.cache_folder.name))
+    return encodings[0], encodings[1], pools[0]
+
+
+def test_the_pool_encodes_exactly_what_one_process_encodes(tmp_path):
+    """Quads and landmarks (the workers decoded and detected chunks of frames), crops, identities
+    (they cut the crops and ran the encoders too), landmark features and x_T are equal to a
+    single-process encoding's, and so is the identity mean the edit moves. A keyframe every 3
+    frames: chunks start mid-GOP and after a keyframe."""
+    video = make_face_video(tmp_path / "gop.mp4", frames=8, size=(160, 120), fps=25, audio=False, face_scale=0.6,
+                            keyint=3)
+    one, pool, workers = encode_alone_and_on_two_workers(video, tmp_path)
     # 8 frames in batches of 2 on 2 workers: chunks of one batch (4 detected, 4 cropped + encoded), 4 inversions
-    assert sum(pools[0].times.tasks.values()) == 12
-    one, pool = encodings
+    assert sum(workers.times.tasks.values()) == 12
     assert one.folder.name == pool.folder.name  # the same cache key
     for name in ("crops", "x_T"):
         assert np.array_equal(getattr(one, name)[:], getattr(pool, name)[:]), name
@@ -306,18 +311,9 @@ def test_the_pool_encodes_exactly_what_one_process_encodes(tmp_path):
 def test_a_stream_without_timestamps_is_analysed_here_and_inverted_on_the_pool(tmp_path):
     """A raw .h264 has no timestamps to seek by: phase A runs in this process (each chunk would
     decode from the start), the inversions on the workers, and the encoding is one process's."""
-    from fvedit.pipeline.cache import load_encoding
-
     video = make_face_video(tmp_path / "raw.h264", frames=8, size=(160, 120), fps=25, audio=False, face_scale=0.6)
-    encodings, pools = [], []
-    for workers in (1, 2):
-        cache = tmp_path / f"enc{workers}"
-        extra = {"on_pool": pools.append} if workers > 1 else {}
-        [s] = run_jobs([video], None, EditRequest([]), encode_only=True, opts=opts(tmp_path, cache_dir=cache),
-                       workers=workers, **FAST, **extra)
-        encodings.append(load_encoding(cache, s.cache_folder.name))
-    assert sum(pools[0].times.tasks.values()) == 4  # the 4 inversions (batches of 2), no chunk
-    one, pool = encodings
+    one, pool, workers = encode_alone_and_on_two_workers(video, tmp_path)
+    assert sum(workers.times.tasks.values()) == 4  # the 4 inversions (batches of 2), no chunk
     assert one.folder.name == pool.folder.name and np.array_equal(one.x_T[:], pool.x_T[:])
     assert np.array_equal(one.z_id_mean, pool.z_id_mean) and one.present.all()
 
