@@ -121,7 +121,7 @@ class ChunkDetections:
         self.name = opts.detector
         self._ids = FramesById()
         self._faces: dict[int, list] = {}
-        # every worker builds its detector now, all at once, not each on its first chunk in turn
+        # every worker is asked: each built its detector at its start (WorkerSpec.detector)
         if all(pool._get([a.can_recheck.remote(opts.detector, opts.align) for a in pool.actors])):
             self.detect_near = self._detect_near
 

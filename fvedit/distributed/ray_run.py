@@ -181,10 +181,14 @@ def same_as_previous(videos: list[Path]) -> list[bool]:
     """Per video: whether it holds the same bytes as the one before it. Such a video is analysed
     after the one before has committed its encoding, so it reuses that encoding instead of
     analysing it again alongside (the SHA-256 is read only where the sizes match)."""
+    from functools import cache
+
     from fvedit.pipeline.cache import file_sha256
 
+    sha = cache(file_sha256)  # a video between two others is compared twice but read once
+
     def same(a: Path, b: Path) -> bool:
-        return a.stat().st_size == b.stat().st_size and (a.samefile(b) or file_sha256(a) == file_sha256(b))
+        return a.stat().st_size == b.stat().st_size and (a.samefile(b) or sha(a) == sha(b))
 
     return [False] + [same(a, b) for a, b in zip(videos, videos[1:])]
 
